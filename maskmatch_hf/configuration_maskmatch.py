@@ -1,0 +1,178 @@
+"""MaskMatch configuration: the wrapped segmenter's config plus every MaskMatch hyperparameter.
+
+This file ships inside checkpoints as remote code, so it imports only transformers and its siblings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TEACHERS = ("shared", "ema")
+
+
+@dataclass(frozen=True)
+class PresetComponents:
+    """Which parts of the training objective a preset switches on."""
+
+    unlabeled: bool
+    strong_views: int
+    feature_perturbation: bool
+    masked_modeling: bool
+    multiscale_teacher: bool
+
+
+PRESETS: dict[str, PresetComponents] = {
+    "supervised": PresetComponents(False, 0, False, False, False),
+    "fixmatch": PresetComponents(True, 1, False, False, False),
+    "unimatch": PresetComponents(True, 2, True, False, False),
+    "maskmatch": PresetComponents(True, 1, False, True, True),
+    "unimatch+maskmatch": PresetComponents(True, 2, True, True, True),
+}
+
+
+@strict(accept_kwargs=True)
+class MaskMatchConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`MaskMatchForSemanticSegmentation`]: a nested segmenter config (SegFormer, UperNet with
+    any backbone, or any semantic-segmentation config `AutoConfig` knows) plus the MaskMatch training
+    hyperparameters, so that every checkpoint records the recipe that produced it.
+
+    Args:
+        segmenter_config (`PreTrainedConfig` or `dict`, *optional*):
+            Config of the wrapped segmenter. Defaults to a SegFormer-B0 config.
+        ignore_index (`int`, defaults to 255):
+            Label value ignored by every loss and metric (void).
+        image_mean, image_std (`list[float]`):
+            Normalization of `pixel_values`; the masked view hides patches by setting them to 0 in this space.
+        preset (`str`, defaults to `"maskmatch"`):
+            One of `supervised`, `fixmatch`, `unimatch`, `maskmatch`, `unimatch+maskmatch` (see `PRESETS`).
+        mask_ratio (`float`, defaults to 0.7):
+            Fraction of `mask_patch_size` patches hidden in the masked view, in `[0, 1)`.
+        mask_patch_size (`int`, defaults to 32):
+            Side in pixels of a masking patch.
+        ensemble_scales (`list[float]`, defaults to `[0.75, 1.0, 1.25]`):
+            Input scales whose softmaxes the teacher averages (multi-scale presets only).
+        ensemble_flip (`bool`, defaults to `False`):
+            Also average horizontally flipped predictions in the teacher ensemble.
+        confidence_threshold (`float`, defaults to 0.95):
+            Pseudo-labels count only where the teacher's max probability reaches this value.
+        lambda_s, lambda_mask, lambda_fp (`float`):
+            Weights of the strong-view, masked-view and feature-perturbation losses.
+        fp_dropout (`float`, defaults to 0.5):
+            Channel dropout applied to encoder features for the feature-perturbation loss.
+        teacher (`str`, defaults to `"shared"`):
+            `shared` (the student itself, eval mode, no grad) or `ema` (an exponential moving average copy).
+        ema_momentum (`float`, defaults to 0.999):
+            Momentum of the EMA teacher.
+        cutmix_prob, color_jitter_prob, grayscale_prob, blur_prob (`float`):
+            Per-image probabilities of the strong augmentations.
+        color_jitter (`list[float]`, defaults to `[0.5, 0.5, 0.5, 0.25]`):
+            Brightness, contrast, saturation and hue jitter strengths.
+        blur_sigma (`list[float]`, defaults to `[0.1, 2.0]`):
+            Range of the Gaussian blur's standard deviation, in pixels.
+        unlabeled_updates_bn_stats (`bool`, defaults to `False`):
+            Whether student passes on strong and masked views update BatchNorm running statistics. They are
+            far from natural images, and the running statistics are part of the eval-mode teacher, so by default
+            only labeled passes update them (see DESIGN.md, measured so far).
+    """
+
+    model_type = "maskmatch"
+    sub_configs_defaults = {"segmenter_config": SubConfigSpec(config_class=AutoConfig, model_type="segformer")}
+
+    segmenter_config: dict | PreTrainedConfig | None = None
+    ignore_index: int = 255
+    image_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN
+    image_std: list[float] | tuple[float, ...] = IMAGENET_STD
+    preset: str = "maskmatch"
+    mask_ratio: float | int = 0.7
+    mask_patch_size: int = 32
+    ensemble_scales: list[float | int] | tuple[float | int, ...] = (0.75, 1.0, 1.25)
+    ensemble_flip: bool = False
+    confidence_threshold: float | int = 0.95
+    lambda_s: float | int = 1.0
+    lambda_mask: float | int = 0.5
+    lambda_fp: float | int = 0.5
+    fp_dropout: float | int = 0.5
+    teacher: str = "shared"
+    ema_momentum: float | int = 0.999
+    cutmix_prob: float | int = 0.5
+    color_jitter_prob: float | int = 0.8
+    color_jitter: list[float | int] | tuple[float | int, ...] = (0.5, 0.5, 0.5, 0.25)
+    grayscale_prob: float | int = 0.2
+    blur_prob: float | int = 0.5
+    blur_sigma: list[float | int] | tuple[float | int, ...] = (0.1, 2.0)
+    unlabeled_updates_bn_stats: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        labels_given = self.id2label is not None or kwargs.get("num_labels") is not None
+        if isinstance(self.segmenter_config, PreTrainedConfig):
+            # Own a copy: the labels are synchronised below and must not leak into the caller's config.
+            self.segmenter_config = self.segmenter_config.__class__.from_dict(self.segmenter_config.to_dict())
+        super().__post_init__(**kwargs)
+        for name in ("image_mean", "image_std", "ensemble_scales", "color_jitter", "blur_sigma"):
+            setattr(self, name, [float(v) for v in getattr(self, name)])
+        source = self if labels_given else self.segmenter_config
+        id2label = {int(i): name for i, name in source.id2label.items()}
+        for config in (self, self.segmenter_config):
+            config.id2label = dict(id2label)
+            config.label2id = {name: i for i, name in id2label.items()}
+        self.check_hyperparameters()
+
+    def check_hyperparameters(self) -> None:
+        """Raise a `ValueError` naming the field if a value is one the objective cannot use.
+
+        Runs at construction and again when an objective is built, so later edits are caught too.
+        """
+        if self.preset not in PRESETS:
+            raise ValueError(f"`preset` must be one of {sorted(PRESETS)}, got {self.preset!r}.")
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"`teacher` must be one of {list(TEACHERS)}, got {self.teacher!r}.")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"`mask_ratio` must be in [0, 1), got {self.mask_ratio}.")
+        if self.mask_patch_size <= 0:
+            raise ValueError(f"`mask_patch_size` must be positive, got {self.mask_patch_size}.")
+        if not self.ensemble_scales or any(scale <= 0 for scale in self.ensemble_scales):
+            raise ValueError(f"`ensemble_scales` must be non-empty and positive, got {self.ensemble_scales}.")
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            raise ValueError(f"`confidence_threshold` must be in [0, 1], got {self.confidence_threshold}.")
+        if not 0.0 <= self.ema_momentum <= 1.0:
+            raise ValueError(f"`ema_momentum` must be in [0, 1], got {self.ema_momentum}.")
+        for name in ("cutmix_prob", "color_jitter_prob", "grayscale_prob", "blur_prob", "fp_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"`{name}` must be a probability in [0, 1], got {getattr(self, name)}.")
+        for name in ("lambda_s", "lambda_mask", "lambda_fp"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be non-negative, got {getattr(self, name)}.")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError("`image_mean` and `image_std` must hold 3 values each, with a positive std.")
+        if len(self.color_jitter) != 4 or min(self.color_jitter) < 0:
+            raise ValueError(f"`color_jitter` must hold 4 non-negative strengths, got {self.color_jitter}.")
+        if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"`blur_sigma` must be a range (min, max) with 0 < min <= max, got {self.blur_sigma}.")
+
+    @property
+    def components(self) -> PresetComponents:
+        """The objective's parts switched on by `preset`."""
+        return PRESETS[self.preset]
+
+    @property
+    def teacher_scales(self) -> list[float]:
+        """Scales of the teacher ensemble: `ensemble_scales` for multi-scale presets, else the input scale."""
+        return list(self.ensemble_scales) if self.components.multiscale_teacher else [1.0]
+
+    @property
+    def teacher_flip(self) -> bool:
+        """Whether the teacher ensemble also averages flipped predictions."""
+        return self.ensemble_flip and self.components.multiscale_teacher
+
+
+AutoConfig.register("maskmatch", MaskMatchConfig, exist_ok=True)
+
+__all__ = ["MaskMatchConfig", "PRESETS", "PresetComponents"]

@@ -1,0 +1,173 @@
+"""MaskMatch segmentation model: a SegFormer / UperNet (or any transformers segmenter) wrapper whose logits are
+always at input resolution, with multi-scale inference and UniMatch-style feature perturbation.
+
+This file ships inside checkpoints as remote code, so it imports only torch, transformers and its siblings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForSemanticSegmentation,
+    PreTrainedModel,
+    SegformerForSemanticSegmentation,
+    UperNetForSemanticSegmentation,
+)
+from transformers.modeling_outputs import SemanticSegmenterOutput
+
+from .configuration_maskmatch import MaskMatchConfig
+
+
+@dataclass
+class MaskMatchSegmenterOutput(SemanticSegmenterOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+        Pixel cross-entropy, void pixels (`config.ignore_index`) ignored.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height, width)`):
+        Class scores at the resolution of `pixel_values`.
+    perturbed_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height, width)`, *optional*):
+        Class scores from channel-dropped encoder features, returned when `feature_perturbation=True`.
+    """
+
+    perturbed_logits: torch.FloatTensor | None = None
+
+
+class MaskMatchPreTrainedModel(PreTrainedModel):
+    config_class = MaskMatchConfig
+    base_model_prefix = "maskmatch"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Every parameter lives in the wrapped segmenter, which knows how to initialise its own modules.
+        self.segmenter._init_weights(module)
+
+
+class MaskMatchForSemanticSegmentation(MaskMatchPreTrainedModel):
+    """A semantic segmenter trained with MaskMatch.
+
+    Wraps the transformers model described by `config.segmenter_config` under `self.segmenter`, so its weights
+    keep their stock names and can be exported as a stock checkpoint with [`save_segmenter_pretrained`].
+    """
+
+    def __init__(self, config: MaskMatchConfig, segmenter: PreTrainedModel | None = None) -> None:
+        super().__init__(config)
+        self.segmenter = (
+            segmenter
+            if segmenter is not None
+            else AutoModelForSemanticSegmentation.from_config(config.segmenter_config)
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        labels: torch.LongTensor | None = None,
+        feature_perturbation: bool = False,
+        **kwargs: Any,
+    ) -> MaskMatchSegmenterOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+            Images normalized with `config.image_mean` / `config.image_std`.
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            Class indices in `[0, num_labels)`, or `config.ignore_index` for void pixels.
+        feature_perturbation (`bool`, defaults to `False`):
+            Also decode a copy of the encoder features with channel dropout `config.fp_dropout` (UniMatch's
+            feature perturbation). SegFormer and UperNet segmenters only.
+        """
+        perturbed_logits = None
+        if feature_perturbation:
+            features = self.encoder_features(pixel_values)
+            perturbed = [nn.functional.dropout2d(f, self.config.fp_dropout, training=True) for f in features]
+            both = self.segmenter.decode_head([torch.cat(pair) for pair in zip(features, perturbed)])
+            logits, perturbed_logits = self._to_input_size(both, pixel_values).chunk(2)
+        else:
+            logits = self._to_input_size(self.segmenter(pixel_values=pixel_values).logits, pixel_values)
+
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:1] + logits.shape[2:]:
+                raise ValueError(
+                    f"`labels` must have shape {tuple(logits.shape[:1] + logits.shape[2:])} to match "
+                    f"`pixel_values`, got {tuple(labels.shape)}."
+                )
+            loss = nn.functional.cross_entropy(logits.float(), labels, ignore_index=self.config.ignore_index)
+        return MaskMatchSegmenterOutput(loss=loss, logits=logits, perturbed_logits=perturbed_logits)
+
+    def encoder_features(self, pixel_values: torch.FloatTensor) -> tuple[torch.Tensor, ...]:
+        """The multi-level encoder features the decode head consumes, each `(batch_size, channels, h, w)`."""
+        if isinstance(self.segmenter, SegformerForSemanticSegmentation):
+            return self.segmenter.segformer(pixel_values, output_hidden_states=True).hidden_states
+        if isinstance(self.segmenter, UperNetForSemanticSegmentation):
+            return self.segmenter.backbone(pixel_values).feature_maps
+        raise ValueError(
+            f"Feature perturbation needs a SegFormer or UperNet segmenter, got {type(self.segmenter).__name__}."
+        )
+
+    @staticmethod
+    def _to_input_size(logits: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        if logits.shape[-2:] == pixel_values.shape[-2:]:
+            return logits
+        return nn.functional.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+
+    def ensemble_probabilities(
+        self, pixel_values: torch.FloatTensor, scales: Sequence[float] = (1.0,), flip: bool = False
+    ) -> torch.FloatTensor:
+        """Class probabilities averaged over input scales (and horizontal flips), at the input resolution.
+
+        Each scale's softmax is resized back to `pixel_values`' size before averaging. Returns float32
+        `(batch_size, num_labels, height, width)`. Runs in the model's current mode; call under `torch.no_grad()`
+        and `eval()` for inference.
+        """
+        height, width = pixel_values.shape[-2:]
+        views = [pixel_values, pixel_values.flip(-1)] if flip else [pixel_values]
+        total = None
+        for scale in scales:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            for flipped, view in enumerate(views):
+                if size != (height, width):
+                    view = nn.functional.interpolate(view, size=size, mode="bilinear", align_corners=False)
+                probs = self(pixel_values=view).logits.float().softmax(dim=1)
+                if size != (height, width):
+                    probs = nn.functional.interpolate(
+                        probs, size=(height, width), mode="bilinear", align_corners=False
+                    )
+                probs = probs.flip(-1) if flipped else probs
+                total = probs if total is None else total + probs
+        return total / (len(scales) * len(views))
+
+    @classmethod
+    def from_segmenter_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        config_kwargs: dict[str, Any] | None = None,
+        **from_pretrained_kwargs: Any,
+    ) -> MaskMatchForSemanticSegmentation:
+        """Wrap a stock SegFormer / UperNet checkpoint (local dir or Hub id), keeping its weights.
+
+        `from_pretrained_kwargs` go to `AutoModelForSemanticSegmentation.from_pretrained` (e.g. `id2label`,
+        `ignore_mismatched_sizes=True` to replace the classifier for a new label set); `config_kwargs` set
+        MaskMatch hyperparameters.
+        """
+        segmenter = AutoModelForSemanticSegmentation.from_pretrained(
+            pretrained_model_name_or_path, **from_pretrained_kwargs
+        )
+        config = MaskMatchConfig(segmenter_config=segmenter.config, **(config_kwargs or {}))
+        return cls(config, segmenter=segmenter)
+
+    def save_segmenter_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Export the wrapped segmenter as a stock transformers checkpoint (no MaskMatch code needed to load)."""
+        self.segmenter.config.id2label = dict(self.config.id2label)
+        self.segmenter.config.label2id = dict(self.config.label2id)
+        self.segmenter.save_pretrained(save_directory, **kwargs)
+
+
+AutoModelForSemanticSegmentation.register(MaskMatchConfig, MaskMatchForSemanticSegmentation, exist_ok=True)
+
+__all__ = ["MaskMatchForSemanticSegmentation", "MaskMatchPreTrainedModel", "MaskMatchSegmenterOutput"]

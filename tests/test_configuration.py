@@ -1,0 +1,87 @@
+import json
+
+import pytest
+from transformers import AutoConfig, SegformerConfig, UperNetConfig
+
+from maskmatch_hf import PRESETS, MaskMatchConfig
+
+from .conftest import tiny_upernet_config
+
+
+def test_defaults_follow_the_design():
+    config = MaskMatchConfig()
+    assert config.preset == "maskmatch"
+    assert config.mask_ratio == 0.7 and config.mask_patch_size == 32
+    assert config.ensemble_scales == [0.75, 1.0, 1.25] and config.ensemble_flip is False
+    assert config.confidence_threshold == 0.95 and config.ignore_index == 255
+    assert config.teacher == "shared" and config.ema_momentum == 0.999
+    assert config.cutmix_prob == 0.5 and config.color_jitter_prob == 0.8
+    assert config.grayscale_prob == 0.2 and config.blur_prob == 0.5
+    assert isinstance(config.segmenter_config, SegformerConfig)
+
+
+def test_json_round_trip_is_exact(tmp_path):
+    config = MaskMatchConfig(
+        segmenter_config=tiny_upernet_config(),
+        id2label={0: "road", 1: "sky", 2: "car"},
+        preset="unimatch+maskmatch",
+        ensemble_scales=[0.5, 1, 1.5],
+        teacher="ema",
+    )
+    config.save_pretrained(tmp_path)
+    loaded = MaskMatchConfig.from_pretrained(tmp_path)
+    assert loaded.to_json_string() == config.to_json_string()
+    assert isinstance(loaded.segmenter_config, UperNetConfig)
+    assert loaded.segmenter_config.backbone_config.hidden_sizes == [8, 16, 24, 32]
+    assert json.loads(config.to_json_string())["ensemble_scales"] == [0.5, 1.0, 1.5]
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), MaskMatchConfig)
+
+
+def test_labels_are_shared_with_the_segmenter():
+    from_segmenter = MaskMatchConfig(segmenter_config=SegformerConfig(num_labels=7))
+    assert from_segmenter.num_labels == 7
+    explicit = MaskMatchConfig(segmenter_config=SegformerConfig(num_labels=7), id2label={0: "a", 1: "b"})
+    assert explicit.num_labels == 2 and explicit.segmenter_config.id2label == {0: "a", 1: "b"}
+    assert explicit.label2id == {"a": 0, "b": 1}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("mask_ratio", 1.0),
+        ("mask_ratio", -0.1),
+        ("mask_patch_size", 0),
+        ("ensemble_scales", [1.0, -0.5]),
+        ("ensemble_scales", []),
+        ("preset", "mean-teacher"),
+        ("teacher", "student"),
+        ("confidence_threshold", 1.5),
+        ("cutmix_prob", 2.0),
+        ("lambda_mask", -1.0),
+    ],
+)
+def test_invalid_values_raise_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        MaskMatchConfig(**{field: value})
+
+
+def test_presets_switch_components():
+    assert not PRESETS["supervised"].unlabeled
+    fixmatch, unimatch, maskmatch = PRESETS["fixmatch"], PRESETS["unimatch"], PRESETS["maskmatch"]
+    assert (fixmatch.strong_views, fixmatch.masked_modeling, fixmatch.multiscale_teacher) == (1, False, False)
+    assert (unimatch.strong_views, unimatch.feature_perturbation, unimatch.masked_modeling) == (2, True, False)
+    assert (maskmatch.masked_modeling, maskmatch.multiscale_teacher, maskmatch.feature_perturbation) == (
+        True,
+        True,
+        False,
+    )
+    both = PRESETS["unimatch+maskmatch"]
+    assert (both.strong_views, both.feature_perturbation, both.masked_modeling, both.multiscale_teacher) == (
+        2,
+        True,
+        True,
+        True,
+    )
+    assert MaskMatchConfig(preset="fixmatch", ensemble_flip=True).teacher_scales == [1.0]
+    assert not MaskMatchConfig(preset="fixmatch", ensemble_flip=True).teacher_flip
+    assert MaskMatchConfig(preset="maskmatch").teacher_scales == [0.75, 1.0, 1.25]

@@ -1,0 +1,230 @@
+import pytest
+import torch
+
+from maskmatch_hf import PRESETS, MaskMatchObjective
+from maskmatch_hf.objective import pixel_cross_entropy
+
+from .conftest import NUM_LABELS, tiny_model
+
+B, H, W = 2, 32, 32
+
+
+def structured_images(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of 8x8 blocks whose colour encodes the block's class, so labels are learnable."""
+    blocks = torch.randint(0, NUM_LABELS, (B, H // 8, W // 8), generator=generator)
+    labels = blocks.repeat_interleave(8, 1).repeat_interleave(8, 2)
+    palette = torch.randn(NUM_LABELS, 3, generator=torch.Generator().manual_seed(99))
+    images = palette[labels].permute(0, 3, 1, 2) + 0.3 * torch.randn(B, 3, H, W, generator=generator)
+    return images, labels
+
+
+def batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values, labels = structured_images(generator)
+    unlabeled_pixel_values, _ = structured_images(generator)
+    return {"pixel_values": pixel_values, "labels": labels, "unlabeled_pixel_values": unlabeled_pixel_values}
+
+
+def run(objective: MaskMatchObjective, seed: int = 0, **inputs):
+    return objective(**{**batch(), **inputs}, generator=torch.Generator().manual_seed(seed))
+
+
+class ForwardRecorder:
+    """Records every call of the student: batch size, grad mode, train mode and feature perturbation."""
+
+    def __init__(self, model):
+        self.calls = []
+        model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        self.calls.append(
+            {
+                "batch": kwargs["pixel_values"].shape[0],
+                "size": tuple(kwargs["pixel_values"].shape[-2:]),
+                "grad": torch.is_grad_enabled(),
+                "training": module.training,
+                "fp": kwargs.get("feature_perturbation", False),
+            }
+        )
+
+
+EXPECTED_TERMS = {
+    "supervised": {"loss_x"},
+    "fixmatch": {"loss_x", "loss_s"},
+    "unimatch": {"loss_x", "loss_s", "loss_fp"},
+    "maskmatch": {"loss_x", "loss_s", "loss_mask"},
+    "unimatch+maskmatch": {"loss_x", "loss_s", "loss_mask", "loss_fp"},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_each_preset_turns_on_exactly_its_terms(preset):
+    model = tiny_model(preset=preset)
+    recorder = ForwardRecorder(model)
+    objective = MaskMatchObjective(model).train()
+    output = run(objective)
+    terms = {name for name in output.logs if name.startswith("loss_")}
+    assert terms == EXPECTED_TERMS[preset]
+    components = PRESETS[preset]
+    teacher_calls = [call for call in recorder.calls if not call["grad"]]
+    student_calls = [call for call in recorder.calls if call["grad"]]
+    assert all(not call["training"] for call in teacher_calls)
+    assert all(call["training"] for call in student_calls)
+    if not components.unlabeled:
+        assert teacher_calls == [] and [c["batch"] for c in student_calls] == [B]
+        return
+    expected_sizes = {(24, 24), (32, 32), (40, 40)} if components.multiscale_teacher else {(32, 32)}
+    assert {call["size"] for call in teacher_calls} == expected_sizes
+    assert [call["fp"] for call in student_calls] == [components.feature_perturbation, False]
+    labeled_batch = 2 * B if components.feature_perturbation else B
+    views = components.strong_views + int(components.masked_modeling)
+    assert [call["batch"] for call in student_calls] == [labeled_batch, views * B]
+
+
+def test_loss_combines_terms_with_their_weights():
+    objective = MaskMatchObjective(
+        tiny_model(preset="unimatch+maskmatch", lambda_s=0.3, lambda_mask=2.0, lambda_fp=0.7, confidence_threshold=0)
+    ).train()
+    logs = run(objective).logs
+    expected = logs["loss_x"] + 0.3 * logs["loss_s"] + 2.0 * logs["loss_mask"] + 0.7 * logs["loss_fp"]
+    assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+    assert min(logs["loss_s"], logs["loss_mask"], logs["loss_fp"]) > 0
+
+
+def test_supervised_preset_ignores_the_unlabeled_batch():
+    objective = MaskMatchObjective(tiny_model(preset="supervised")).train()
+    other_unlabeled = torch.randn(5, 3, 16, 16)
+    torch.manual_seed(0)  # the student's own dropout
+    with_unlabeled = run(objective).loss
+    torch.manual_seed(0)
+    other = run(objective, unlabeled_pixel_values=other_unlabeled).loss
+    torch.manual_seed(0)
+    without = objective(pixel_values=batch()["pixel_values"], labels=batch()["labels"]).loss
+    assert with_unlabeled.item() == other.item() == without.item()
+
+
+def test_semi_supervised_presets_require_unlabeled_data():
+    objective = MaskMatchObjective(tiny_model(preset="maskmatch"))
+    with pytest.raises(ValueError, match="unlabeled_pixel_values"):
+        objective(pixel_values=batch()["pixel_values"], labels=batch()["labels"])
+
+
+def test_threshold_excludes_low_confidence_pixels():
+    logits = torch.randn(1, NUM_LABELS, 4, 4, requires_grad=True)
+    target = torch.randint(0, NUM_LABELS, (1, 4, 4))
+    target[0, 0, 0] = 255
+    confident = torch.zeros(1, 4, 4, dtype=torch.bool)
+    confident[0, 1:, :] = True
+    loss = pixel_cross_entropy(logits, target, 255, confident)
+    loss.backward()
+    assert torch.all(logits.grad[0, :, 0, :] == 0)  # unconfident or void pixels get no gradient
+    assert torch.all(logits.grad[0, :, 1:, :].abs().sum(0) > 0)
+    per_pixel = torch.nn.functional.cross_entropy(logits.detach(), target, ignore_index=255, reduction="none")
+    assert loss.item() == pytest.approx((per_pixel[0, 1:].sum() / 15).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.6])
+def test_confident_ratio_and_unlabeled_losses_follow_the_threshold(monkeypatch, threshold):
+    objective = MaskMatchObjective(tiny_model(preset="maskmatch", confidence_threshold=threshold)).train()
+    probs = torch.full((B, NUM_LABELS, H, W), 0.1)
+    probs[:, 0, : H // 2] = 0.7  # confident top half
+    probs[:, 0, H // 2 :] = 0.4  # unconfident bottom half
+    monkeypatch.setattr(objective, "teacher_probabilities", lambda pixel_values: probs)
+    logs = run(objective, unlabeled_labels=torch.zeros(B, H, W, dtype=torch.long)).logs
+    assert logs["confident_ratio"] == pytest.approx(0.5 if threshold == 0.6 else 1.0)
+    assert logs["pseudo_label_accuracy"] == pytest.approx(1.0)
+    high = MaskMatchObjective(tiny_model(preset="maskmatch", confidence_threshold=0.99)).train()
+    monkeypatch.setattr(high, "teacher_probabilities", lambda pixel_values: probs)
+    logs = run(high).logs
+    assert logs["confident_ratio"] == 0 and logs["loss_s"] == 0 and logs["loss_mask"] == 0
+
+
+def test_padding_pixels_are_excluded_from_unlabeled_losses():
+    objective = MaskMatchObjective(tiny_model(preset="maskmatch", confidence_threshold=0)).train()
+    logs = run(objective, unlabeled_pixel_mask=torch.zeros(B, H, W, dtype=torch.bool)).logs
+    assert logs["loss_s"] == 0 and logs["loss_mask"] == 0 and logs["confident_ratio"] == 0
+
+
+def test_step_is_reproducible_with_a_generator():
+    def step(seed: int) -> dict[str, float]:
+        objective = MaskMatchObjective(tiny_model(preset="unimatch+maskmatch", confidence_threshold=0)).train()
+        torch.manual_seed(0)  # the student's own dropout; every augmentation draws from the generator
+        return run(objective, seed=seed).logs
+
+    assert step(5) == step(5)
+    assert step(5) != step(6)
+
+
+@pytest.mark.parametrize("teacher", ["shared", "ema"])
+def test_no_gradient_reaches_the_teacher(teacher):
+    model = tiny_model(preset="unimatch+maskmatch", teacher=teacher, confidence_threshold=0)
+    objective = MaskMatchObjective(model).train()
+    recorder = ForwardRecorder(objective.teacher)
+    output = run(objective)
+    output.loss.backward()
+    teacher_calls = [call for call in recorder.calls if not call["training"]]
+    assert teacher_calls and all(not call["grad"] for call in teacher_calls)
+    assert all(p.grad is not None for p in objective.student.parameters() if p.requires_grad)
+    if teacher == "ema":
+        assert all(not p.requires_grad and p.grad is None for p in objective.ema_teacher.parameters())
+        assert not objective.ema_teacher.training
+
+
+def test_ema_update_matches_its_formula():
+    objective = MaskMatchObjective(tiny_model("upernet", teacher="ema", ema_momentum=0.9))
+    with torch.no_grad():
+        for parameter in objective.student.parameters():
+            parameter.add_(torch.randn_like(parameter))
+        for buffer in objective.student.buffers():
+            if buffer.is_floating_point():
+                buffer.add_(1.0)
+    teacher_before = {k: v.clone() for k, v in objective.ema_teacher.state_dict().items()}
+    student = objective.student.state_dict()
+    objective.update_teacher()
+    for name, value in objective.ema_teacher.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.9 * teacher_before[name] + 0.1 * student[name])
+        else:
+            assert torch.equal(value, student[name])
+
+
+@pytest.mark.parametrize("updates", [False, True])
+def test_only_labeled_passes_update_batchnorm_statistics(updates):
+    objective = MaskMatchObjective(
+        tiny_model("upernet", preset="unimatch+maskmatch", unlabeled_updates_bn_stats=updates)
+    ).train()
+    reference = tiny_model("upernet", preset="unimatch+maskmatch").train()
+    inputs = batch()
+    torch.manual_seed(0)  # same feature-dropout draws in both labeled passes
+    run(objective)
+    torch.manual_seed(0)
+    reference(
+        pixel_values=torch.cat([inputs["pixel_values"], inputs["unlabeled_pixel_values"]]), feature_perturbation=True
+    )
+    bn_stats = [name for name, _ in reference.named_buffers() if "running" in name]
+    assert bn_stats
+    same = all(torch.allclose(objective.student.get_buffer(name), reference.get_buffer(name)) for name in bn_stats)
+    assert same is not updates
+
+
+def test_fresh_cutmix_partner_batch_is_used(monkeypatch):
+    objective = MaskMatchObjective(tiny_model(preset="fixmatch", cutmix_prob=1.0, confidence_threshold=0)).train()
+    seen = []
+    original = objective.teacher_probabilities
+    monkeypatch.setattr(objective, "teacher_probabilities", lambda x: seen.append(x.shape[0]) or original(x))
+    run(objective, cutmix_pixel_values=torch.randn(B, 3, H, W))
+    assert seen == [2 * B]
+
+
+def test_both_segmenters_train_on_a_fixed_batch(segmenter):
+    objective = MaskMatchObjective(tiny_model(segmenter, preset="maskmatch", confidence_threshold=0.0)).train()
+    optimizer = torch.optim.AdamW(objective.student.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        torch.manual_seed(0)
+        output = run(objective, seed=0)
+        optimizer.zero_grad()
+        output.loss.backward()
+        optimizer.step()
+        losses.append(output.logs["loss_x"])
+    assert losses[-1] < 0.85 * losses[0], losses
