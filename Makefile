@@ -2,12 +2,18 @@
 PYTHON ?= python3
 CAMVID ?= ../shared/data/camvid
 
-.PHONY: install test lint
+.PHONY: install train-camvid test lint
 
 # torch first, from the CPU build on these machines: a bare `torch` requirement would pull CUDA wheels.
 install:
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
+
+# Main job: a short MaskMatch run on CamVid 1/8 (CPU, a few minutes), printing the val mIoU.
+train-camvid: install
+	$(PYTHON) -m maskmatch_hf.train --config examples/configs/camvid_quickstart.yaml \
+		--dataset_name $(CAMVID) --labeled_ids $(CAMVID)/splits/1_8/labeled.txt \
+		--unlabeled_ids $(CAMVID)/splits/1_8/unlabeled.txt
 
 test: install
 	$(PYTHON) -m ruff check .

@@ -12,6 +12,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration_efficientnet_lite import EfficientNetLiteConfig  # noqa: F401  (registers the backbone config)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TEACHERS = ("shared", "ema")

@@ -22,6 +22,7 @@ from transformers import (
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .configuration_maskmatch import MaskMatchConfig
+from .modeling_efficientnet_lite import EfficientNetLiteBackbone  # noqa: F401  (registers the backbone)
 
 
 @dataclass

@@ -1,0 +1,140 @@
+"""What a training run leaves behind besides weights: its history, the curves plot and the model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .configuration_maskmatch import MaskMatchConfig
+
+CURVES = ("loss", "loss_x", "loss_s", "loss_mask", "loss_fp")
+TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
+
+
+class TrainingHistory:
+    """Per-step training logs and evaluation scores; saved in every training state so resume loses nothing."""
+
+    def __init__(self) -> None:
+        self.train: list[dict[str, float]] = []
+        self.eval: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train": self.train, "eval": self.eval}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.train, self.eval = list(state["train"]), list(state["eval"])
+
+    def log_train(self, step: int, logs: dict[str, float]) -> None:
+        self.train.append({"step": step, **logs})
+
+    def log_eval(self, step: int, scores: dict[str, Any]) -> bool:
+        """Record an evaluation; True when it is the best so far."""
+        entry = {
+            "step": step,
+            "mean_iou": float(scores["mean_iou"]),
+            "mean_accuracy": float(scores["mean_accuracy"]),
+            "overall_accuracy": float(scores["overall_accuracy"]),
+            "per_category_iou": [float(v) for v in np.asarray(scores["per_category_iou"])],
+        }
+        best = self.best_eval()
+        self.eval.append(entry)
+        return best is None or entry["mean_iou"] > best["mean_iou"]
+
+    def best_eval(self) -> dict[str, Any] | None:
+        return max(self.eval, key=lambda e: e["mean_iou"]) if self.eval else None
+
+    def postfix(self) -> dict[str, str]:
+        """Progress-bar fields: the latest loss terms, confident ratio and last mIoU."""
+        last = self.train[-1] if self.train else {}
+        fields = {k: f"{v:.3f}" for k, v in last.items() if k in (*CURVES, "confident_ratio")}
+        if self.eval:
+            fields["mIoU"] = f"{100 * self.eval[-1]['mean_iou']:.1f}"
+        return fields
+
+    def results(self) -> dict[str, Any]:
+        """Summary for `all_results.json` and the model card."""
+        best = self.best_eval()
+        last = self.train[-1] if self.train else {}
+        results: dict[str, Any] = {"train_steps": last.get("step", 0), "train_loss": last.get("loss")}
+        if best is not None:
+            results.update(
+                best_step=best["step"],
+                best_eval_mean_iou=best["mean_iou"],
+                best_eval_mean_accuracy=best["mean_accuracy"],
+                best_eval_overall_accuracy=best["overall_accuracy"],
+                best_eval_per_category_iou=best["per_category_iou"],
+                final_eval_mean_iou=self.eval[-1]["mean_iou"],
+            )
+        return results
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    if len(values) < window or window < 2:
+        return values
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def plot_training_curves(history: TrainingHistory, path: str | Path) -> None:
+    """PNG with the loss terms, the confident-pixel ratio (and pseudo-label accuracy) and val mIoU over steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    window = max(1, len(history.train) // 50)
+    steps = np.array([entry["step"] for entry in history.train])
+    for name in CURVES:
+        values = np.array([entry.get(name, np.nan) for entry in history.train], dtype=float)
+        if len(values) and not np.isnan(values).all():
+            axes[0].plot(steps[window - 1 :] if window > 1 else steps, _smooth(values, window), label=name)
+    axes[0].set(title="training losses", xlabel="step")
+    for name in ("confident_ratio", "pseudo_label_accuracy", "confident_pseudo_label_accuracy"):
+        values = np.array([entry.get(name, np.nan) for entry in history.train], dtype=float)
+        if len(values) and not np.isnan(values).all():
+            axes[1].plot(steps[window - 1 :] if window > 1 else steps, _smooth(values, window), label=name)
+    axes[1].set(title="pseudo-labels", xlabel="step", ylim=(0, 1))
+    if history.eval:
+        axes[2].plot([e["step"] for e in history.eval], [100 * e["mean_iou"] for e in history.eval], marker="o")
+    axes[2].set(title="val mIoU (%)", xlabel="step")
+    for axis in axes[:2]:
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_model_card(
+    output_dir: str | Path, config: MaskMatchConfig, results: dict[str, Any], args: dict[str, Any]
+) -> Path:
+    """README.md of the output dir: what was trained, how, with which scores, and how to use it."""
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    per_class = results.get("best_eval_per_category_iou")
+    table = "\n".join(
+        f"| {name} | {'n/a' if per_class is None or np.isnan(per_class[i]) else f'{100 * per_class[i]:.1f}'} |"
+        for i, name in enumerate(names)
+    )
+    miou = results.get("best_eval_mean_iou")
+    card = TEMPLATE.read_text().format(
+        model_id=args.get("hub_model_id") or Path(output_dir).name,
+        dataset=args.get("dataset_name"),
+        segmenter=config.segmenter_config.model_type,
+        preset=config.preset,
+        labeled=args.get("labeled_ids") or args.get("labeled_fraction") or args.get("train_split"),
+        steps=results.get("train_steps"),
+        crop_size=args.get("crop_size"),
+        resize=args.get("resize"),
+        miou="n/a" if miou is None else f"{100 * miou:.2f}",
+        miou_value="null" if miou is None else f"{100 * miou:.2f}",
+        per_class_table=table,
+        teacher=config.teacher,
+        mask_ratio=config.mask_ratio,
+        scales=config.teacher_scales,
+        threshold=config.confidence_threshold,
+    )
+    path = Path(output_dir) / "README.md"
+    path.write_text(card)
+    return path

@@ -1,0 +1,479 @@
+"""Train a semantic segmenter with MaskMatch on labeled + unlabeled images, with Accelerate.
+
+Run on one process with `maskmatch-train ...`, on several GPUs with
+`accelerate launch examples/train_maskmatch.py ...`. Flags follow transformers'
+`run_semantic_segmentation_no_trainer.py` where the concept is the same; `--config FILE` (YAML or JSON)
+supplies any of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import SegformerImageProcessorPil, get_scheduler
+
+from .configuration_maskmatch import PRESETS, MaskMatchConfig
+from .data import DataConfig, load_segmentation_data
+from .data_loaders import eval_dataloader, infinite_dataloader, sample_seed
+from .data_transforms import EvalTransform, Resize, WeakAugmentation
+from .data_validation import validate_segmentation_data
+from .metrics import SegmentationMetric
+from .modeling_maskmatch import MaskMatchForSemanticSegmentation
+from .objective import MaskMatchObjective
+from .reporting import TrainingHistory, plot_training_curves, write_model_card
+from .segmenters import BACKBONES, SEGFORMER_VARIANTS, load_model_for_training, read_json_argument
+
+logger = get_logger(__name__)
+
+CHECKPOINT_PREFIX = "step_"
+# MaskMatch hyperparameters settable from the command line (every field of MaskMatchConfig but the nested ones).
+MASKMATCH_FIELDS = [
+    f
+    for f in dataclasses.fields(MaskMatchConfig)
+    if f.name in MaskMatchConfig.__annotations__ and f.name not in ("segmenter_config",)
+]
+
+
+def _str2bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "y"):
+        return True
+    if value.lower() in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
+
+
+def _scale_or_size(value: str) -> Resize:
+    """`--resize 180` (shorter side in pixels) or `--resize 0.5` (scale factor)."""
+    number = float(value)
+    return Resize(shorter_side=int(number)) if number.is_integer() and number >= 8 else Resize(scale=number)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML or JSON file whose keys are any of these flags (without --).")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", help="MaskMatch or stock SegFormer / UperNet checkpoint to start from.")
+    model.add_argument("--segmenter", choices=["segformer", "upernet"], default="segformer")
+    model.add_argument("--segmenter_variant", choices=sorted(SEGFORMER_VARIANTS), default="b0")
+    model.add_argument("--backbone", choices=BACKBONES, default="efficientnet-lite0", help="UperNet backbone.")
+    model.add_argument("--pretrained_backbone", action="store_true", help="ImageNet EfficientNet-Lite0 weights.")
+    model.add_argument("--upernet_hidden_size", type=int, default=256)
+    model.add_argument(
+        "--segmenter_config", help="JSON (inline or file) overriding fields of the fresh segmenter config."
+    )
+
+    data = parser.add_argument_group("data")
+    for field in dataclasses.fields(DataConfig):
+        kwargs: dict[str, Any] = {"help": field.metadata.get("help")}
+        if field.type in ("bool", bool):
+            kwargs.update(action="store_true")
+        else:
+            kwargs.update(
+                type={"int": int, "float": float, "int | None": int, "float | None": float}.get(str(field.type), str)
+            )
+        if field.default is not dataclasses.MISSING:
+            kwargs["default"] = field.default
+        data.add_argument(f"--{field.name}", **kwargs)
+    data.add_argument("--crop_size", type=int, default=512, help="Side of the square training crops.")
+    data.add_argument("--resize", type=_scale_or_size, help="Shorter side in px (e.g. 180) or scale (e.g. 0.5).")
+    data.add_argument("--scale_range", type=float, nargs=2, default=(0.5, 2.0), help="Random rescale range.")
+    data.add_argument("--validation_samples", type=int, default=2000, help="Rows checked per split before training.")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    method = parser.add_argument_group("MaskMatch (defaults: MaskMatchConfig's, or the checkpoint's)")
+    for field in MASKMATCH_FIELDS:
+        default = field.default
+        if field.name == "ignore_index":
+            continue  # a data flag too: one value for labels, losses and metrics
+        if field.name == "preset":
+            method.add_argument("--preset", choices=sorted(PRESETS))
+        elif isinstance(default, bool):
+            method.add_argument(f"--{field.name}", type=_str2bool)
+        elif isinstance(default, (tuple, list)):
+            method.add_argument(f"--{field.name}", type=float, nargs="+")
+        else:
+            method.add_argument(f"--{field.name}", type=type(default))
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--output_dir", required=True)
+    train.add_argument("--max_train_steps", type=int, default=1000)
+    train.add_argument("--per_device_train_batch_size", type=int, default=8)
+    train.add_argument("--per_device_unlabeled_batch_size", type=int, help="Default: the labeled batch size.")
+    train.add_argument("--per_device_eval_batch_size", type=int, default=1)
+    train.add_argument("--learning_rate", type=float, default=2e-4, help="Encoder / backbone learning rate.")
+    train.add_argument("--head_learning_rate_multiplier", type=float, default=10.0, help="Decode head LR factor.")
+    train.add_argument("--weight_decay", type=float, default=0.01)
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--lr_scheduler_type", default="polynomial", help="transformers scheduler name.")
+    train.add_argument("--poly_power", type=float, default=0.9, help="Power of the polynomial schedule.")
+    train.add_argument("--num_warmup_steps", type=int, default=0)
+    train.add_argument("--checkpointing_steps", type=int, help="Save the training state every N steps.")
+    train.add_argument("--checkpoints_total_limit", type=int, default=2, help="Training states kept.")
+    train.add_argument("--resume_from_checkpoint", help="'latest' or a step_N directory.")
+    train.add_argument("--eval_steps", type=int, help="Evaluate every N steps (and always at the end).")
+    train.add_argument("--eval_scales", type=float, nargs="+", default=[1.0], help="Multi-scale evaluation.")
+    train.add_argument("--eval_flip", action="store_true", help="Average flipped predictions at evaluation.")
+    train.add_argument("--logging_steps", type=int, default=10)
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="Default: accelerate config.")
+    train.add_argument("--with_tracking", action="store_true")
+    train.add_argument("--report_to", default="tensorboard", help="Tracker(s) for --with_tracking, or 'all'.")
+    train.add_argument("--push_to_hub", action="store_true")
+    train.add_argument("--hub_model_id")
+    train.add_argument("--hub_token")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Flags, with defaults from `--config` when given (flags on the command line win)."""
+    parser = build_parser()
+    config_only = argparse.ArgumentParser(add_help=False)
+    config_only.add_argument("--config")
+    known, _ = config_only.parse_known_args(argv)
+    if known.config:
+        path = Path(known.config)
+        if not path.is_file():
+            parser.error(f"--config file not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        unknown = sorted(set(values) - {action.dest for action in parser._actions})
+        if unknown:
+            parser.error(f"unknown keys in {path}: {', '.join(unknown)}")
+        parser.set_defaults(**values)
+        for action in parser._actions:
+            action.required = action.required and action.dest not in values
+    args = parser.parse_args(argv)
+    if args.preset is not None and args.preset != "supervised" and args.max_train_steps <= 0:
+        parser.error("--max_train_steps must be positive")
+    if args.push_to_hub and not args.hub_model_id:
+        args.hub_model_id = Path(args.output_dir).name
+    return args
+
+
+def maskmatch_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The MaskMatch hyperparameters given on the command line (the others keep the config's values)."""
+    return {f.name: getattr(args, f.name) for f in MASKMATCH_FIELDS if getattr(args, f.name) is not None}
+
+
+def parameter_groups(model: MaskMatchForSemanticSegmentation, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Encoder at `learning_rate`, decode head(s) at `learning_rate * head_learning_rate_multiplier`."""
+    head, encoder = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (head if "decode_head" in name or "auxiliary_head" in name else encoder).append(parameter)
+    return [
+        {"params": encoder, "lr": args.learning_rate},
+        {"params": head, "lr": args.learning_rate * args.head_learning_rate_multiplier},
+    ]
+
+
+def find_checkpoint(output_dir: str, resume_from_checkpoint: str) -> tuple[Path, int] | None:
+    """The training-state directory to resume from and its step; `latest` may find none."""
+    if resume_from_checkpoint != "latest":
+        path = Path(resume_from_checkpoint)
+        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
+        if not path.is_dir() or match is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint {path}: not a {CHECKPOINT_PREFIX}N training state.")
+        return path, int(match.group(1))
+    steps = [
+        (int(m.group(1)), p)
+        for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*")
+        if (m := re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", p.name)) and (p / "history.json").exists()
+    ]
+    if not steps:
+        return None
+    step, path = max(steps)
+    return path, step
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: MaskMatchForSemanticSegmentation,
+    loader: torch.utils.data.DataLoader,
+    accelerator: Accelerator,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> dict[str, Any]:
+    """mIoU of `model` on this rank's share of the eval set, summed over ranks."""
+    was_training = model.training
+    model.eval()
+    metric = SegmentationMetric(model.config.num_labels, ignore_index=model.config.ignore_index)
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
+        batch = to_device(batch, accelerator.device)
+        with accelerator.autocast():
+            probabilities = model.ensemble_probabilities(batch["pixel_values"], scales=scales, flip=flip)
+        metric.update(probabilities.argmax(dim=1), batch["labels"], accelerator=accelerator)
+    model.train(was_training)
+    return metric.compute()
+
+
+def save_final_model(
+    model: MaskMatchForSemanticSegmentation,
+    output_dir: Path,
+    crop_size: int,
+    eval_size: tuple[int, int] | None,
+) -> None:
+    """`save_pretrained` (safetensors, config, remote code) plus the image processor matching training."""
+    model.save_pretrained(output_dir)
+    size = {"height": eval_size[0], "width": eval_size[1]} if eval_size else {"height": crop_size, "width": crop_size}
+    SegformerImageProcessorPil(
+        do_resize=eval_size is not None,
+        size=size,
+        image_mean=model.config.image_mean,
+        image_std=model.config.image_std,
+        do_reduce_labels=False,
+    ).save_pretrained(output_dir)
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run training; returns the final results (also written to `all_results.json`)."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=(args.report_to if args.with_tracking else None),
+        project_dir=args.output_dir,
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)
+
+    # Data and model: everything that can be wrong with them fails here, before the first step.
+    data_config = DataConfig.from_namespace(args)
+    data = load_segmentation_data(data_config)
+    if data.id2label is None:
+        raise ValueError("No class names: pass --id2label (JSON) or use a dataset with a ClassLabel feature.")
+    model = load_model_for_training(
+        args.model_name_or_path,
+        data.id2label,
+        maskmatch_overrides(args),
+        segmenter=args.segmenter,
+        segmenter_variant=args.segmenter_variant,
+        backbone=args.backbone,
+        upernet_hidden_size=args.upernet_hidden_size,
+        segmenter_overrides=read_json_argument(args.segmenter_config),
+        pretrained_backbone=args.pretrained_backbone,
+    )
+    config = model.config
+    uses_unlabeled = config.components.unlabeled
+    validate_segmentation_data(
+        data,
+        num_labels=config.num_labels,
+        validation_samples=args.validation_samples,
+        require_unlabeled=uses_unlabeled,
+        show_progress=accelerator.is_local_main_process,
+    )
+
+    objective = MaskMatchObjective(model)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args), weight_decay=args.weight_decay)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer=optimizer,
+        num_warmup_steps=args.num_warmup_steps,
+        num_training_steps=args.max_train_steps,
+        scheduler_specific_kwargs={"power": args.poly_power} if args.lr_scheduler_type == "polynomial" else None,
+    )
+    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+    history = TrainingHistory()
+    accelerator.register_for_checkpointing(history)
+
+    start_step = 0
+    resume = find_checkpoint(args.output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    if resume is not None:
+        start_step = resume[1]
+
+    # Loaders are pure functions of (seed, rank, step): they start at `start_step` without replaying data.
+    # They are built (their iterators draw from the global RNG) before `load_state` restores the RNG.
+    mean, std = tuple(config.image_mean), tuple(config.image_std)
+    micro_steps = start_step * args.gradient_accumulation_steps
+    loader_kwargs = {
+        "rank": accelerator.process_index,
+        "world_size": accelerator.num_processes,
+        "start_step": micro_steps,
+        "num_workers": args.dataloader_num_workers,
+        "ignore_index": config.ignore_index,
+        "pin_memory": accelerator.device.type == "cuda",
+    }
+    weak = {
+        "crop_size": args.crop_size,
+        "image_mean": mean,
+        "image_std": std,
+        "scale_range": tuple(args.scale_range),
+        "resize": args.resize,
+        "label_mapping": data.label_mapping,
+    }
+    labeled_batches: Iterator[dict[str, torch.Tensor]] = iter(
+        infinite_dataloader(
+            data.labeled, args.per_device_train_batch_size, WeakAugmentation(**weak), seed=args.seed, **loader_kwargs
+        )
+    )
+    unlabeled_batches = None
+    if uses_unlabeled:
+        unlabeled_batches = iter(
+            infinite_dataloader(
+                data.unlabeled,
+                args.per_device_unlabeled_batch_size or args.per_device_train_batch_size,
+                WeakAugmentation(**weak, return_pixel_mask=True),
+                seed=args.seed + 1,
+                **loader_kwargs,
+            )
+        )
+    eval_transform = EvalTransform(
+        image_mean=mean, image_std=std, resize=args.resize, label_mapping=data.label_mapping
+    )
+    eval_loader = None
+    if data.eval is not None:
+        eval_loader = eval_dataloader(
+            data.eval,
+            eval_transform,
+            args.per_device_eval_batch_size,
+            accelerator.process_index,
+            accelerator.num_processes,
+            args.dataloader_num_workers,
+            config.ignore_index,
+        )
+
+    if resume is not None:
+        accelerator.print(f"Resuming from {resume[0]} (step {start_step})")
+        accelerator.load_state(str(resume[0]))
+
+    if args.with_tracking:
+        tracked = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+        accelerator.init_trackers("maskmatch", config=tracked)
+
+    unwrapped = accelerator.unwrap_model(objective)
+    student = unwrapped.student
+    best_dir = output_dir / "best_model"
+    progress = tqdm(
+        range(args.max_train_steps), initial=start_step, desc="train", disable=not accelerator.is_local_main_process
+    )
+    objective.train()
+    for step in range(start_step, args.max_train_steps):
+        for micro in range(args.gradient_accumulation_steps):
+            with accelerator.accumulate(objective):
+                labeled = to_device(next(labeled_batches), accelerator.device)
+                inputs = {"pixel_values": labeled["pixel_values"], "labels": labeled["labels"]}
+                if unlabeled_batches is not None:
+                    unlabeled = to_device(next(unlabeled_batches), accelerator.device)
+                    inputs["unlabeled_pixel_values"] = unlabeled["pixel_values"]
+                    inputs["unlabeled_pixel_mask"] = unlabeled["pixel_mask"]
+                    inputs["unlabeled_labels"] = unlabeled.get("labels")
+                generator = torch.Generator(accelerator.device)
+                generator.manual_seed(sample_seed(args.seed, accelerator.process_index, step, micro))
+                output = objective(**inputs, generator=generator)
+                accelerator.backward(output.loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+        unwrapped.update_teacher()
+        completed = step + 1
+
+        logs = {**output.logs, "lr": scheduler.get_last_lr()[0]}
+        if not all(math.isfinite(v) for v in output.logs.values()):
+            raise FloatingPointError(f"Non-finite loss at step {completed}: {output.logs}")
+        history.log_train(completed, logs)
+        progress.update(1)
+        progress.set_postfix(history.postfix())
+        if args.with_tracking and completed % args.logging_steps == 0:
+            accelerator.log({f"train/{k}": v for k, v in logs.items()}, step=completed)
+
+        last = completed == args.max_train_steps
+        if eval_loader is not None and (last or (args.eval_steps and completed % args.eval_steps == 0)):
+            scores = evaluate(student, eval_loader, accelerator, args.eval_scales, args.eval_flip)
+            improved = history.log_eval(completed, scores)
+            progress.set_postfix(history.postfix())
+            if args.with_tracking:
+                accelerator.log({"eval/mean_iou": scores["mean_iou"]}, step=completed)
+            if improved and accelerator.is_main_process:
+                accelerator.unwrap_model(objective).student.save_pretrained(best_dir)
+            accelerator.wait_for_everyone()
+
+        if args.checkpointing_steps and (completed % args.checkpointing_steps == 0 or last):
+            state_dir = output_dir / f"{CHECKPOINT_PREFIX}{completed}"
+            accelerator.save_state(str(state_dir))
+            if accelerator.is_main_process:
+                (state_dir / "history.json").write_text(json.dumps({"step": completed}))
+                prune_checkpoints(output_dir, args.checkpoints_total_limit)
+            accelerator.wait_for_everyone()
+    progress.close()
+
+    results = finish(args, accelerator, student, history, data, eval_transform, best_dir)
+    accelerator.end_training()
+    return results
+
+
+def prune_checkpoints(output_dir: Path, keep: int) -> None:
+    """Delete all but the `keep` newest training states."""
+    states = sorted(
+        (int(p.name[len(CHECKPOINT_PREFIX) :]), p)
+        for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
+        if p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    )
+    for _, path in states[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def finish(
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    student: MaskMatchForSemanticSegmentation,
+    history: TrainingHistory,
+    data: Any,
+    eval_transform: EvalTransform,
+    best_dir: Path,
+) -> dict[str, Any]:
+    """Write the best model (or the last one without eval data), results, card and plot; push if asked."""
+    output_dir = Path(args.output_dir)
+    results = history.results()
+    if accelerator.is_main_process:
+        model = MaskMatchForSemanticSegmentation.from_pretrained(best_dir) if best_dir.exists() else student
+        eval_size = None
+        if data.eval is not None and args.resize is not None:
+            eval_size = tuple(eval_transform(data.eval[0])["pixel_values"].shape[-2:])
+        save_final_model(model, output_dir, args.crop_size, eval_size)
+        (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
+        plot_training_curves(history, output_dir / "training_curves.png")
+        write_model_card(output_dir, model.config, results, vars(args))
+        if args.push_to_hub:
+            from .hub import push_output_dir
+
+            push_output_dir(output_dir, args.hub_model_id, token=args.hub_token)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    results = train(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = results.get("best_eval_mean_iou")
+        summary = f"val mIoU {100 * best:.2f} (step {results['best_step']})" if best is not None else "no eval set"
+        print(f"\n{summary}\nmodel, model card and training curves: {Path(args.output_dir).resolve()}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""End-to-end training: outputs, resume after a crash, bad input before training, two processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from maskmatch_hf import MaskMatchForSemanticSegmentation, MaskMatchObjective
+from maskmatch_hf.data import DataValidationError
+from maskmatch_hf.train import main, parse_args
+
+PALETTE = np.array(
+    [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
+     [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192], [0, 0, 0]],
+    dtype=np.uint8,
+)  # fmt: skip
+TINY_SEGFORMER = json.dumps(
+    {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1],
+     "sr_ratios": [2, 2, 1, 1], "decoder_hidden_size": 16}
+)  # fmt: skip
+
+
+def make_camvid_like(root: Path, num_train: int = 10, num_val: int = 3, height: int = 48, width: int = 64) -> Path:
+    """SegNet-layout folders named like CamVid (11 classes, void 11) of block images coloured by class."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", num_train), ("val", num_val)):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(count):
+            coarse = rng.integers(0, 12, size=(height // 16, width // 16))
+            labels = np.kron(coarse, np.ones((16, 16), dtype=np.int64)).astype(np.uint8)
+            Image.fromarray(PALETTE[labels]).save(root / split / f"f{i:03d}.png")
+            Image.fromarray(labels).save(root / f"{split}annot" / f"f{i:03d}.png")
+    (root / "labeled.txt").write_text("\n".join(f"f{i:03d}" for i in range(4)) + "\n")
+    return root
+
+
+@pytest.fixture
+def camvid_like(tmp_path: Path) -> Path:
+    return make_camvid_like(tmp_path / "mini_camvid")
+
+
+def train_argv(data: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--dataset_name", str(data),
+        "--labeled_ids", str(data / "labeled.txt"),
+        "--segmenter", "segformer",
+        "--segmenter_config", TINY_SEGFORMER,
+        "--crop_size", "32",
+        "--per_device_train_batch_size", "2",
+        "--mask_patch_size", "8",
+        "--confidence_threshold", "0.0",
+        "--learning_rate", "1e-3",
+        "--output_dir", str(output_dir),
+        "--seed", "3",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_training_writes_model_card_plot_and_results(camvid_like, tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    main(train_argv(camvid_like, output_dir, "--max_train_steps", "4", "--eval_steps", "2", "--with_tracking"))
+    printed = capsys.readouterr().out
+    assert "val mIoU" in printed and str(output_dir.resolve()) in printed
+
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "all_results.json", "README.md",
+                 "training_curves.png", "modeling_maskmatch.py"):  # fmt: skip
+        assert (output_dir / name).is_file(), name
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["train_steps"] == 4 and 0 <= results["best_eval_mean_iou"] <= 1
+    assert len(results["best_eval_per_category_iou"]) == 11
+    card = (output_dir / "README.md").read_text()
+    assert "pipeline_tag: image-segmentation" in card and f"{100 * results['best_eval_mean_iou']:.2f}" in card
+    assert "| sky |" in card
+    with Image.open(output_dir / "training_curves.png") as plot:
+        assert plot.size[0] > 400 and len(np.unique(np.asarray(plot.convert("L")))) > 10
+    assert list(output_dir.glob("**/events.out.tfevents.*")), "tensorboard logs"
+
+    model = MaskMatchForSemanticSegmentation.from_pretrained(output_dir)
+    assert model.config.preset == "maskmatch" and model.config.id2label[0] == "sky"
+    assert model.config.mask_patch_size == 8
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(camvid_like, tmp_path, monkeypatch):
+    common = ("--max_train_steps", "4", "--checkpointing_steps", "2", "--eval_steps", "2", "--preset",
+              "unimatch+maskmatch", "--teacher", "ema", "--ema_momentum", "0.5")  # fmt: skip
+    main(train_argv(camvid_like, tmp_path / "straight", *common))
+
+    crashed = tmp_path / "crashed"
+    calls = {"n": 0}
+    original = MaskMatchObjective.update_teacher
+
+    def crash_at_third_step(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        original(self)
+
+    monkeypatch.setattr(MaskMatchObjective, "update_teacher", crash_at_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        main(train_argv(camvid_like, crashed, *common))
+    monkeypatch.setattr(MaskMatchObjective, "update_teacher", original)
+    assert sorted(p.name for p in crashed.glob("step_*")) == ["step_2"]
+
+    main(train_argv(camvid_like, crashed, *common, "--resume_from_checkpoint", "latest"))
+    straight_state = load_file(tmp_path / "straight" / "step_4" / "model.safetensors")
+    resumed_state = load_file(crashed / "step_4" / "model.safetensors")
+    assert straight_state.keys() == resumed_state.keys()
+    assert any("ema_teacher" in key for key in straight_state)
+    for key in straight_state:
+        assert torch.equal(straight_state[key], resumed_state[key]), key
+    straight = json.loads((tmp_path / "straight" / "all_results.json").read_text())
+    resumed = json.loads((crashed / "all_results.json").read_text())
+    assert straight == resumed
+
+
+def test_bad_labels_fail_before_training(camvid_like, tmp_path):
+    Image.fromarray(np.full((48, 64), 40, dtype=np.uint8)).save(camvid_like / "trainannot" / "f002.png")
+    with pytest.raises(DataValidationError, match="f002"):
+        main(train_argv(camvid_like, tmp_path / "out", "--max_train_steps", "2"))
+    assert not list((tmp_path / "out").glob("step_*"))
+
+
+def test_config_file_supplies_flags_and_rejects_unknown_keys(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset_name: somewhere\npreset: fixmatch\nmask_ratio: 0.5\noutput_dir: out\n")
+    args = parse_args(["--config", str(config), "--mask_ratio", "0.6"])
+    assert (args.dataset_name, args.preset, args.mask_ratio) == ("somewhere", "fixmatch", 0.6)
+    config.write_text("dataset_name: somewhere\nmask_ratoi: 0.5\noutput_dir: out\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(config)])
+
+
+def test_invalid_hyperparameter_fails_before_training(camvid_like, tmp_path):
+    with pytest.raises(ValueError, match="mask_ratio"):
+        main(train_argv(camvid_like, tmp_path / "out", "--mask_ratio", "1.5"))
+
+
+DISTRIBUTED_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, json, sys
+    import torch
+    import torch.distributed as dist
+    import maskmatch_hf.train as train_module
+    from maskmatch_hf.data_transforms import WeakAugmentation, open_image
+
+    seen = []
+    original_call = WeakAugmentation.__call__
+
+    def recording_call(self, example, seed):
+        seen.append((self.return_pixel_mask, hashlib.md5(open_image(example["image"]).tobytes()).hexdigest()))
+        return original_call(self, example, seed)
+
+    WeakAugmentation.__call__ = recording_call
+    original_finish = train_module.finish
+
+    def checking_finish(args, accelerator, student, *rest):
+        # Runs while the process group is still up (the trainer tears it down after `finish`).
+        rank, world = dist.get_rank(), dist.get_world_size()
+        flat = torch.cat([p.detach().flatten() for p in student.parameters()])
+        everyone = [torch.zeros_like(flat) for _ in range(world)]
+        dist.all_gather(everyone, flat)
+        assert all(torch.equal(everyone[0], other) for other in everyone), "weights differ across ranks"
+        per_rank = [None] * world
+        dist.all_gather_object(per_rank, seen)
+        if rank == 0:
+            for unlabeled in (False, True):
+                # Within one pass over the data (5 images for the shorter streamed share) ranks never overlap.
+                shares = [set([h for u, h in samples if u == unlabeled][:5]) for samples in per_rank]
+                assert all(shares), "a rank read no data"
+                assert not shares[0] & shares[1], f"ranks read the same images (unlabeled={unlabeled})"
+            print("DISTRIBUTED OK", json.dumps([len(s) for s in per_rank]))
+        return original_finish(args, accelerator, student, *rest)
+
+    train_module.finish = checking_finish
+    train_module.main(sys.argv[1:])
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_two_processes_train_on_disjoint_data(tmp_path, streaming):
+    camvid_like = make_camvid_like(tmp_path / "mini_camvid", num_train=12)
+    (camvid_like / "labeled.txt").write_text("".join(f"f{i:03d}\n" for i in range(6)))
+    unlabeled_batch = "1"
+    if streaming:
+        # 11 streamed images over 2 ranks (6 / 5), 6 read per rank: the shorter stream repeats, nothing hangs.
+        (camvid_like / "train" / "f011.png").unlink()
+        (camvid_like / "trainannot" / "f011.png").unlink()
+        unlabeled_batch = "2"
+    script = tmp_path / "dist_train.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    output_dir = tmp_path / "out"
+    extra = ["--max_train_steps", "3", "--checkpointing_steps", "3", "--eval_steps", "3",
+             "--per_device_train_batch_size", "1", "--per_device_unlabeled_batch_size", unlabeled_batch]  # fmt: skip
+    if streaming:
+        extra += ["--streaming", "--unlabeled_split", "train"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+               "127.0.0.1", "--master_port", str(free_port()), str(script), *train_argv(camvid_like, output_dir),
+               *extra]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    errors = [line for line in result.stderr.splitlines() if "Error" in line or "error" in line]
+    assert result.returncode == 0, "\n".join(errors[:30]) + result.stderr[-3000:]
+    assert "DISTRIBUTED OK" in result.stdout
+    state = load_file(output_dir / "step_3" / "model.safetensors")
+    model = MaskMatchForSemanticSegmentation.from_pretrained(output_dir)
+    loaded = {f"student.{k}": v for k, v in model.state_dict().items()}
+    assert all(torch.equal(state[k], loaded[k]) for k in loaded if k in state)
