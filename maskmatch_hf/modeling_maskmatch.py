@@ -15,12 +15,14 @@ import torch
 from torch import nn
 from transformers import (
     AutoModelForSemanticSegmentation,
+    PreTrainedConfig,
     PreTrainedModel,
     SegformerForSemanticSegmentation,
     UperNetForSemanticSegmentation,
 )
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
+from .configuration_efficientnet_lite import EfficientNetLiteConfig
 from .configuration_maskmatch import MaskMatchConfig
 from .modeling_efficientnet_lite import EfficientNetLiteBackbone  # noqa: F401  (registers the backbone)
 
@@ -37,6 +39,19 @@ class MaskMatchSegmenterOutput(SemanticSegmenterOutput):
     """
 
     perturbed_logits: torch.FloatTensor | None = None
+
+
+def _use_local_backbone_config(segmenter_config: PreTrainedConfig) -> None:
+    """Rebuild a nested EfficientNet-Lite backbone config with this module's config class.
+
+    Remote code loads the config and the model modules into separate folders, each with its own copy of
+    `configuration_efficientnet_lite`; `AutoBackbone` is keyed by config class, so it only knows the copy
+    imported next to this file.
+    """
+    backbone = getattr(segmenter_config, "backbone_config", None)
+    is_lite = getattr(backbone, "model_type", None) == EfficientNetLiteConfig.model_type
+    if is_lite and type(backbone) is not EfficientNetLiteConfig:
+        segmenter_config.backbone_config = EfficientNetLiteConfig.from_dict(backbone.to_dict())
 
 
 class MaskMatchPreTrainedModel(PreTrainedModel):
@@ -59,6 +74,7 @@ class MaskMatchForSemanticSegmentation(MaskMatchPreTrainedModel):
 
     def __init__(self, config: MaskMatchConfig, segmenter: PreTrainedModel | None = None) -> None:
         super().__init__(config)
+        _use_local_backbone_config(config.segmenter_config)
         self.segmenter = (
             segmenter
             if segmenter is not None

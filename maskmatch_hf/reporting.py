@@ -10,7 +10,7 @@ import numpy as np
 from .configuration_maskmatch import MaskMatchConfig
 
 CURVES = ("loss", "loss_x", "loss_s", "loss_mask", "loss_fp")
-TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
+TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "maskmatch_model_card.md"
 
 
 class TrainingHistory:
@@ -107,34 +107,108 @@ def plot_training_curves(history: TrainingHistory, path: str | Path) -> None:
     plt.close(fig)
 
 
+CAMVID_TERMS = (
+    "Training data: CamVid (Brostow, Fauqueur and Cipolla, Pattern Recognition Letters 2009; Brostow et al., "
+    "ECCV 2008), for research and non-commercial use only; cite the papers above. The same terms apply to uses "
+    "of this model."
+)
+
+
+def _describe_resize(resize: Any) -> str:
+    if resize is None:
+        return "none"
+    return f"shorter side {resize.shorter_side} px" if resize.shorter_side else f"x{resize.scale}"
+
+
+def _dataset_id(dataset_name: str | None) -> str | None:
+    """The dataset's Hub id, or the folder name of a local dataset."""
+    if not dataset_name:
+        return None
+    path = Path(dataset_name)
+    return path.resolve().name if path.exists() else dataset_name
+
+
 def write_model_card(
     output_dir: str | Path, config: MaskMatchConfig, results: dict[str, Any], args: dict[str, Any]
 ) -> Path:
-    """README.md of the output dir: what was trained, how, with which scores, and how to use it."""
-    names = [config.id2label[i] for i in range(config.num_labels)]
-    per_class = results.get("best_eval_per_category_iou")
-    table = "\n".join(
-        f"| {name} | {'n/a' if per_class is None or np.isnan(per_class[i]) else f'{100 * per_class[i]:.1f}'} |"
-        for i, name in enumerate(names)
-    )
+    """README.md of the output dir: Hub metadata with a model-index, the recipe, per-class IoU, usage, limits."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    dataset = _dataset_id(args.get("dataset_name"))
+    repo_id = args.get("hub_model_id") or Path(output_dir).name
+    eval_split = args.get("eval_split") or "validation"
     miou = results.get("best_eval_mean_iou")
-    card = TEMPLATE.read_text().format(
-        model_id=args.get("hub_model_id") or Path(output_dir).name,
-        dataset=args.get("dataset_name"),
-        segmenter=config.segmenter_config.model_type,
+    eval_results = []
+    if miou is not None:
+        eval_results.append(
+            EvalResult(
+                task_type="image-segmentation",
+                dataset_type=dataset,
+                dataset_name=dataset,
+                dataset_split=eval_split,
+                metric_type="mean_iou",
+                metric_name="mIoU",
+                metric_value=round(100 * miou, 2),
+            )
+        )
+    base_model = args.get("model_name_or_path")
+    segmenter = config.segmenter_config.model_type
+    backbone_config = getattr(config.segmenter_config, "backbone_config", None)
+    card_data = ModelCardData(
+        model_name=repo_id,
+        library_name="transformers",
+        pipeline_tag="image-segmentation",
+        datasets=[dataset] if dataset else None,
+        base_model=base_model if base_model and not Path(base_model).exists() else None,
+        tags=["semantic-segmentation", "semi-supervised", "maskmatch", segmenter],
+        eval_results=eval_results or None,
+    )
+    per_class = results.get("best_eval_per_category_iou")
+    rows = [
+        {
+            "name": config.id2label[i],
+            "iou": "n/a" if per_class is None or np.isnan(per_class[i]) else f"{100 * per_class[i]:.1f}",
+        }
+        for i in range(config.num_labels)
+    ]
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=repo_id,
+        repo_id=repo_id,
+        dataset=f"`{dataset}`" if dataset else "its dataset",
+        segmenter=segmenter,
+        backbone=f" with a {backbone_config.model_type} backbone" if backbone_config is not None else "",
         preset=config.preset,
-        labeled=args.get("labeled_ids") or args.get("labeled_fraction") or args.get("train_split"),
+        results=[{"split": eval_split, "miou": f"{100 * miou:.2f}", "step": results.get("best_step")}]
+        if miou is not None
+        else [],
+        per_class=rows,
+        labeled=args.get("labeled_ids")
+        and f"ids in `{Path(args['labeled_ids']).name}`"
+        or (args.get("labeled_fraction") and f"{args['labeled_fraction']:.1%} of `{args.get('train_split')}`")
+        or f"split `{args.get('train_split')}`",
+        unlabeled="none"
+        if not config.components.unlabeled
+        else (args.get("unlabeled_dataset_name") or args.get("unlabeled_split") or "the other training images"),
         steps=results.get("train_steps"),
+        batch_size=args.get("per_device_train_batch_size"),
+        unlabeled_batch_size=args.get("per_device_unlabeled_batch_size") or args.get("per_device_train_batch_size"),
+        resize=_describe_resize(args.get("resize")),
         crop_size=args.get("crop_size"),
-        resize=args.get("resize"),
-        miou="n/a" if miou is None else f"{100 * miou:.2f}",
-        miou_value="null" if miou is None else f"{100 * miou:.2f}",
-        per_class_table=table,
         teacher=config.teacher,
-        mask_ratio=config.mask_ratio,
-        scales=config.teacher_scales,
         threshold=config.confidence_threshold,
+        scales=config.teacher_scales,
+        mask_ratio=config.mask_ratio,
+        mask_patch_size=config.mask_patch_size,
+        lambda_s=config.lambda_s,
+        lambda_mask=config.lambda_mask,
+        lambda_fp=config.lambda_fp,
+        num_labels=config.num_labels,
+        license_terms=CAMVID_TERMS
+        if dataset and "camvid" in dataset.lower()
+        else ("Respect the licence and terms of use of the training dataset, which also bind uses of this model."),
     )
     path = Path(output_dir) / "README.md"
-    path.write_text(card)
+    card.save(path)
     return path

@@ -65,6 +65,15 @@ def _scale_or_size(value: str) -> Resize:
     return Resize(shorter_side=int(number)) if number.is_integer() and number >= 8 else Resize(scale=number)
 
 
+def _convert(action: argparse.Action, value: Any) -> Any:
+    """Apply a flag's `type` to a value read from a config file, as argparse does for command-line strings."""
+    if action.type is None or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [action.type(str(item)) for item in value]
+    return action.type(str(value))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML or JSON file whose keys are any of these flags (without --).")
@@ -156,7 +165,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         unknown = sorted(set(values) - {action.dest for action in parser._actions})
         if unknown:
             parser.error(f"unknown keys in {path}: {', '.join(unknown)}")
-        parser.set_defaults(**values)
+        actions = {action.dest: action for action in parser._actions}
+        parser.set_defaults(**{key: _convert(actions[key], value) for key, value in values.items()})
         for action in parser._actions:
             action.required = action.required and action.dest not in values
     args = parser.parse_args(argv)

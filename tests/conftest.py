@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import ResNetConfig, SegformerConfig, UperNetConfig
 
 from maskmatch_hf import MaskMatchConfig, MaskMatchForSemanticSegmentation
+from maskmatch_hf.configuration_efficientnet_lite import EfficientNetLiteConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -37,15 +42,89 @@ def tiny_upernet_config(num_labels: int = NUM_LABELS) -> UperNetConfig:
     return UperNetConfig(backbone_config=backbone, hidden_size=16, use_auxiliary_head=False, num_labels=num_labels)
 
 
+def tiny_efficientnet_upernet_config(num_labels: int = NUM_LABELS) -> UperNetConfig:
+    backbone = EfficientNetLiteConfig(
+        stem_channels=8,
+        out_channels=[8, 8, 16, 16, 24, 24, 32],
+        num_block_repeats=[1] * 7,
+        expand_ratios=[1, 2, 2, 2, 2, 2, 2],
+        hidden_dim=32,
+    )
+    return UperNetConfig(backbone_config=backbone, hidden_size=16, use_auxiliary_head=False, num_labels=num_labels)
+
+
 SEGMENTERS = {"segformer": tiny_segformer_config, "upernet": tiny_upernet_config}
+ALL_SEGMENTERS = {**SEGMENTERS, "upernet-efficientnet-lite": tiny_efficientnet_upernet_config}
 
 
 def tiny_model(segmenter: str = "segformer", seed: int = 0, **config_kwargs) -> MaskMatchForSemanticSegmentation:
     torch.manual_seed(seed)
-    config = MaskMatchConfig(segmenter_config=SEGMENTERS[segmenter](), mask_patch_size=8, **config_kwargs)
+    config = MaskMatchConfig(segmenter_config=ALL_SEGMENTERS[segmenter](), mask_patch_size=8, **config_kwargs)
     return MaskMatchForSemanticSegmentation(config)
 
 
 @pytest.fixture(params=sorted(SEGMENTERS))
 def segmenter(request) -> str:
     return request.param
+
+
+# Training-command fixtures: a CamVid-like folder of synthetic frames and a tiny checkpoint trained on it.
+
+PALETTE = np.array(
+    [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
+     [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192], [0, 0, 0]],
+    dtype=np.uint8,
+)  # fmt: skip
+TINY_SEGFORMER = json.dumps(
+    {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1],
+     "sr_ratios": [2, 2, 1, 1], "decoder_hidden_size": 16}
+)  # fmt: skip
+
+
+def make_camvid_like(root: Path, num_train: int = 10, num_val: int = 3, height: int = 48, width: int = 64) -> Path:
+    """SegNet-layout folders named like CamVid (11 classes, void 11) of block images coloured by class."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", num_train), ("val", num_val)):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(count):
+            coarse = rng.integers(0, 12, size=(height // 16, width // 16))
+            labels = np.kron(coarse, np.ones((16, 16), dtype=np.int64)).astype(np.uint8)
+            Image.fromarray(PALETTE[labels]).save(root / split / f"f{i:03d}.png")
+            Image.fromarray(labels).save(root / f"{split}annot" / f"f{i:03d}.png")
+    (root / "labeled.txt").write_text("\n".join(f"f{i:03d}" for i in range(4)) + "\n")
+    return root
+
+
+@pytest.fixture
+def camvid_like(tmp_path: Path) -> Path:
+    return make_camvid_like(tmp_path / "mini_camvid")
+
+
+def train_argv(data: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--dataset_name", str(data),
+        "--labeled_ids", str(data / "labeled.txt"),
+        "--segmenter", "segformer",
+        "--segmenter_config", TINY_SEGFORMER,
+        "--crop_size", "32",
+        "--per_device_train_batch_size", "2",
+        "--mask_patch_size", "8",
+        "--confidence_threshold", "0.0",
+        "--learning_rate", "1e-3",
+        "--output_dir", str(output_dir),
+        "--seed", "3",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """A MaskMatch checkpoint produced by the training command (tiny SegFormer, 11 CamVid classes, 2 steps)."""
+    from maskmatch_hf.train import main
+
+    root = tmp_path_factory.mktemp("trained")
+    data = make_camvid_like(root / "mini_camvid")
+    output_dir = root / "checkpoint"
+    main(train_argv(data, output_dir, "--max_train_steps", "2", "--eval_steps", "2"))
+    return output_dir

@@ -140,12 +140,13 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("segmenter_name", ["segformer", "upernet"])
+@pytest.mark.parametrize("segmenter_name", ["segformer", "upernet", "upernet-efficientnet-lite"])
 def test_remote_code_loads_in_a_process_without_the_package(tmp_path, segmenter_name):
     model = tiny_model(segmenter_name).eval()
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
-    assert (checkpoint / "modeling_maskmatch.py").exists() and (checkpoint / "configuration_maskmatch.py").exists()
+    for name in ("modeling_maskmatch.py", "configuration_maskmatch.py", "modeling_efficientnet_lite.py"):
+        assert (checkpoint / name).exists(), name
     pixel_values = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.save(

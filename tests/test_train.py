@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,52 +17,7 @@ from maskmatch_hf import MaskMatchForSemanticSegmentation, MaskMatchObjective
 from maskmatch_hf.data import DataValidationError
 from maskmatch_hf.train import main, parse_args
 
-PALETTE = np.array(
-    [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
-     [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192], [0, 0, 0]],
-    dtype=np.uint8,
-)  # fmt: skip
-TINY_SEGFORMER = json.dumps(
-    {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1],
-     "sr_ratios": [2, 2, 1, 1], "decoder_hidden_size": 16}
-)  # fmt: skip
-
-
-def make_camvid_like(root: Path, num_train: int = 10, num_val: int = 3, height: int = 48, width: int = 64) -> Path:
-    """SegNet-layout folders named like CamVid (11 classes, void 11) of block images coloured by class."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", num_train), ("val", num_val)):
-        (root / split).mkdir(parents=True)
-        (root / f"{split}annot").mkdir()
-        for i in range(count):
-            coarse = rng.integers(0, 12, size=(height // 16, width // 16))
-            labels = np.kron(coarse, np.ones((16, 16), dtype=np.int64)).astype(np.uint8)
-            Image.fromarray(PALETTE[labels]).save(root / split / f"f{i:03d}.png")
-            Image.fromarray(labels).save(root / f"{split}annot" / f"f{i:03d}.png")
-    (root / "labeled.txt").write_text("\n".join(f"f{i:03d}" for i in range(4)) + "\n")
-    return root
-
-
-@pytest.fixture
-def camvid_like(tmp_path: Path) -> Path:
-    return make_camvid_like(tmp_path / "mini_camvid")
-
-
-def train_argv(data: Path, output_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--dataset_name", str(data),
-        "--labeled_ids", str(data / "labeled.txt"),
-        "--segmenter", "segformer",
-        "--segmenter_config", TINY_SEGFORMER,
-        "--crop_size", "32",
-        "--per_device_train_batch_size", "2",
-        "--mask_patch_size", "8",
-        "--confidence_threshold", "0.0",
-        "--learning_rate", "1e-3",
-        "--output_dir", str(output_dir),
-        "--seed", "3",
-        *extra,
-    ]  # fmt: skip
+from .conftest import make_camvid_like, train_argv
 
 
 def test_training_writes_model_card_plot_and_results(camvid_like, tmp_path, capsys):
@@ -80,7 +34,8 @@ def test_training_writes_model_card_plot_and_results(camvid_like, tmp_path, caps
     assert len(results["best_eval_per_category_iou"]) == 11
     card = (output_dir / "README.md").read_text()
     assert "pipeline_tag: image-segmentation" in card and f"{100 * results['best_eval_mean_iou']:.2f}" in card
-    assert "| sky |" in card
+    assert "| sky |" in card and "library_name: transformers" in card and "model-index:" in card
+    assert "- mini_camvid" in card and "non-commercial" in card and "shorter side" not in card
     with Image.open(output_dir / "training_curves.png") as plot:
         assert plot.size[0] > 400 and len(np.unique(np.asarray(plot.convert("L")))) > 10
     assert list(output_dir.glob("**/events.out.tfevents.*")), "tensorboard logs"
@@ -132,9 +87,13 @@ def test_bad_labels_fail_before_training(camvid_like, tmp_path):
 
 def test_config_file_supplies_flags_and_rejects_unknown_keys(tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text("dataset_name: somewhere\npreset: fixmatch\nmask_ratio: 0.5\noutput_dir: out\n")
+    config.write_text(
+        "dataset_name: somewhere\npreset: fixmatch\nmask_ratio: 0.5\noutput_dir: out\nresize: 180\n"
+        "pretrained_backbone: true\nensemble_scales: [1, 1.5]\n"
+    )
     args = parse_args(["--config", str(config), "--mask_ratio", "0.6"])
     assert (args.dataset_name, args.preset, args.mask_ratio) == ("somewhere", "fixmatch", 0.6)
+    assert args.resize.shorter_side == 180 and args.pretrained_backbone and args.ensemble_scales == [1.0, 1.5]
     config.write_text("dataset_name: somewhere\nmask_ratoi: 0.5\noutput_dir: out\n")
     with pytest.raises(SystemExit):
         parse_args(["--config", str(config)])

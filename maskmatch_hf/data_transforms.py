@@ -1,0 +1,148 @@
+"""Per-sample transforms run in the DataLoader workers: decoding, the weak view, evaluation resizing.
+
+Every transform is `transform(example, seed) -> dict of tensors` and draws its randomness from `seed` alone,
+so a sample's augmentation does not depend on the worker that builds it nor on what came before: this is what
+makes training resumable at any step (see `data_loaders.py`). PIL / numpy / torch only.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+from .data import IMAGE_COLUMN, LABEL_COLUMN, LabelMapping
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def open_image(value: Any) -> PIL.Image.Image:
+    """Opens (lazily: only the header is read) an image cell: `{"bytes", "path"}`, a PIL image or a path."""
+    if isinstance(value, PIL.Image.Image):
+        return value
+    if isinstance(value, dict):
+        return PIL.Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+    return PIL.Image.open(value)
+
+
+def open_label(value: Any) -> PIL.Image.Image:
+    """A mask cell as a single-channel PIL image; masks stored as integer arrays are accepted too."""
+    if isinstance(value, (dict, str, PIL.Image.Image)):
+        return open_image(value)
+    return PIL.Image.fromarray(np.asarray(value, dtype=np.int32))
+
+
+@dataclass(frozen=True)
+class Resize:
+    """Deterministic resize applied before anything else (train and eval): to a shorter side or by a factor.
+
+    Give exactly one of `shorter_side` (pixels) or `scale` (e.g. 0.5 turns CamVid's 480x360 into 240x180).
+    """
+
+    shorter_side: int | None = None
+    scale: float | None = None
+
+    def __post_init__(self):
+        if (self.shorter_side is None) == (self.scale is None):
+            raise ValueError("Resize takes exactly one of `shorter_side` and `scale`.")
+
+    def __call__(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Output (width, height) for an input of (width, height)."""
+        scale = self.scale if self.scale is not None else self.shorter_side / min(size)
+        return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _normalize(image: PIL.Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(H, W, 3) float32 array, `(x / 255 - mean) / std`."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+
+
+def _to_tensor(array: np.ndarray) -> torch.Tensor:
+    """Tensor of an (H, W) array, or of an (H, W, C) one as (C, H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1) if array.ndim == 3 else array))
+
+
+@dataclass(frozen=True)
+class WeakAugmentation:
+    """The weak view: (resize), random rescale, random crop with padding, horizontal flip, normalize.
+
+    The crop window is drawn over the rescaled image and may stick out of it when the image is smaller than
+    `crop_size`; the padding is 0 in normalized space (the mean colour) for the image, `ignore_index` for the
+    labels and False in `pixel_mask`, which marks real pixels. Labels use NEAREST resampling.
+
+    Returns `pixel_values` (3, H, W) float32, `labels` (H, W) int64 when the example has a mask, and
+    `pixel_mask` (H, W) bool when `return_pixel_mask` (unlabeled batches; labeled ones carry the padding as
+    `ignore_index` already).
+    """
+
+    crop_size: int | tuple[int, int]
+    image_mean: tuple[float, ...] = IMAGENET_MEAN
+    image_std: tuple[float, ...] = IMAGENET_STD
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    hflip_prob: float = 0.5
+    resize: Resize | None = None
+    label_mapping: LabelMapping = field(default_factory=LabelMapping)
+    return_pixel_mask: bool = False
+
+    def __call__(self, example: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng(seed)
+        crop_h, crop_w = (self.crop_size, self.crop_size) if isinstance(self.crop_size, int) else self.crop_size
+        image = open_image(example[IMAGE_COLUMN])
+        label = example.get(LABEL_COLUMN)
+        label = None if label is None else open_label(label)
+
+        # A fixed number of draws, in a fixed order, whatever the image: the view is a function of `seed`.
+        ratio = rng.uniform(*self.scale_range)
+        base_w, base_h = self.resize(image.size) if self.resize else image.size
+        width, height = max(1, round(base_w * ratio)), max(1, round(base_h * ratio))
+        top = int(rng.integers(min(0, height - crop_h), max(0, height - crop_h) + 1))
+        left = int(rng.integers(min(0, width - crop_w), max(0, width - crop_w) + 1))
+        flip = rng.random() < self.hflip_prob
+
+        # Window of the crop inside the rescaled image, and where it lands on the (crop_h, crop_w) canvas.
+        box = (max(left, 0), max(top, 0), min(left + crop_w, width), min(top + crop_h, height))
+        rows = slice(box[1] - top, box[3] - top)
+        cols = slice(box[0] - left, box[2] - left)
+        region = image.resize((width, height), PIL.Image.BILINEAR).crop(box)
+
+        pixel_values = np.zeros((crop_h, crop_w, 3), dtype=np.float32)
+        pixel_values[rows, cols] = _normalize(region, self.image_mean, self.image_std)
+        pixel_mask = np.zeros((crop_h, crop_w), dtype=bool)
+        pixel_mask[rows, cols] = True
+        arrays = {"pixel_values": pixel_values}
+        if self.return_pixel_mask:
+            arrays["pixel_mask"] = pixel_mask
+        if label is not None:
+            labels = np.full((crop_h, crop_w), self.label_mapping.ignore_index, dtype=np.int64)
+            region = label.resize((width, height), PIL.Image.NEAREST).crop(box)
+            labels[rows, cols] = self.label_mapping(np.asarray(region))
+            arrays["labels"] = labels
+        if flip:
+            arrays = {key: array[:, ::-1] for key, array in arrays.items()}
+        return {key: _to_tensor(array) for key, array in arrays.items()}
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """Evaluation: the same `resize` as training (or none), no crop; full images and labels."""
+
+    image_mean: tuple[float, ...] = IMAGENET_MEAN
+    image_std: tuple[float, ...] = IMAGENET_STD
+    resize: Resize | None = None
+    label_mapping: LabelMapping = field(default_factory=LabelMapping)
+
+    def __call__(self, example: dict[str, Any], seed: int | None = None) -> dict[str, torch.Tensor]:
+        image = open_image(example[IMAGE_COLUMN])
+        size = self.resize(image.size) if self.resize else image.size
+        pixel_values = _normalize(image.resize(size, PIL.Image.BILINEAR), self.image_mean, self.image_std)
+        outputs = {"pixel_values": _to_tensor(pixel_values)}
+        if example.get(LABEL_COLUMN) is not None:
+            label = open_label(example[LABEL_COLUMN]).resize(size, PIL.Image.NEAREST)
+            outputs["labels"] = torch.from_numpy(self.label_mapping(np.asarray(label)))
+        return outputs
