@@ -99,8 +99,11 @@ def load_model_for_training(
     if model_name_or_path:
         config = AutoConfig.from_pretrained(model_name_or_path)
         if isinstance(config, MaskMatchConfig):
+            # A new config (not from_pretrained kwargs, which are set after construction) so that the labels
+            # reach the nested segmenter config and the hyperparameters are validated.
+            config = MaskMatchConfig.from_dict({**config.to_dict(), **label_kwargs, **maskmatch_kwargs})
             return MaskMatchForSemanticSegmentation.from_pretrained(
-                model_name_or_path, ignore_mismatched_sizes=True, **label_kwargs, **maskmatch_kwargs
+                model_name_or_path, config=config, ignore_mismatched_sizes=True
             )
         return MaskMatchForSemanticSegmentation.from_segmenter_pretrained(
             model_name_or_path, config_kwargs=maskmatch_kwargs, ignore_mismatched_sizes=True, **label_kwargs
