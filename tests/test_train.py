@@ -78,6 +78,16 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(camvid_like, tmp_path
     assert straight == resumed
 
 
+def test_bf16_mixed_precision_trains(camvid_like, tmp_path):
+    output_dir = tmp_path / "out"
+    main(train_argv(camvid_like, output_dir, "--max_train_steps", "2", "--mixed_precision", "bf16",
+                    "--preset", "unimatch+maskmatch"))  # fmt: skip
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert np.isfinite(results["train_loss"]) and 0 <= results["best_eval_mean_iou"] <= 1
+    state = load_file(output_dir / "model.safetensors")
+    assert all(tensor.dtype != torch.bfloat16 for tensor in state.values())  # master weights stay float32
+
+
 def test_bad_labels_fail_before_training(camvid_like, tmp_path):
     Image.fromarray(np.full((48, 64), 40, dtype=np.uint8)).save(camvid_like / "trainannot" / "f002.png")
     with pytest.raises(DataValidationError, match="f002"):
