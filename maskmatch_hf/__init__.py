@@ -3,6 +3,7 @@
 from .configuration_maskmatch import PRESETS, MaskMatchConfig
 from .modeling_maskmatch import MaskMatchForSemanticSegmentation
 from .objective import MaskMatchObjective, MaskMatchObjectiveOutput
+from .pipeline_maskmatch import MaskMatchSegmentationPipeline
 
 # `save_pretrained` then writes an `auto_map` and copies the model code next to the weights, so checkpoints
 # load with `trust_remote_code=True` where this package is not installed.
@@ -17,4 +18,5 @@ __all__ = [
     "MaskMatchForSemanticSegmentation",
     "MaskMatchObjective",
     "MaskMatchObjectiveOutput",
+    "MaskMatchSegmentationPipeline",
 ]

@@ -37,6 +37,7 @@ from .data_validation import validate_segmentation_data
 from .metrics import SegmentationMetric
 from .modeling_maskmatch import MaskMatchForSemanticSegmentation
 from .objective import MaskMatchObjective
+from .pipeline_maskmatch import save_pipeline
 from .reporting import TrainingHistory, plot_training_curves, write_model_card
 from .segmenters import BACKBONES, SEGFORMER_VARIANTS, load_model_for_training, read_json_argument
 
@@ -244,16 +245,17 @@ def save_final_model(
     crop_size: int,
     eval_size: tuple[int, int] | None,
 ) -> None:
-    """`save_pretrained` (safetensors, config, remote code) plus the image processor matching training."""
-    model.save_pretrained(output_dir)
+    """The model (safetensors, config, remote code), the image processor matching training and the
+    `maskmatch-segmentation` pipeline code, so `pipeline(model=output_dir, trust_remote_code=True)` works."""
     size = {"height": eval_size[0], "width": eval_size[1]} if eval_size else {"height": crop_size, "width": crop_size}
-    SegformerImageProcessorPil(
+    image_processor = SegformerImageProcessorPil(
         do_resize=eval_size is not None,
         size=size,
         image_mean=model.config.image_mean,
         image_std=model.config.image_std,
         do_reduce_labels=False,
-    ).save_pretrained(output_dir)
+    )
+    save_pipeline(model, image_processor, output_dir)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:

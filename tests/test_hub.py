@@ -18,6 +18,7 @@ RELEASE = {
     "model.safetensors",
     "modeling_efficientnet_lite.py",
     "modeling_maskmatch.py",
+    "pipeline_maskmatch.py",
     "preprocessor_config.json",
     "training_curves.png",
 }

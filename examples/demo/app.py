@@ -1,14 +1,14 @@
 """Gradio demo of a MaskMatch segmentation checkpoint, shaped as a Hugging Face Space.
 
-The checkpoint (a local folder or a Hub id) comes from `MASKMATCH_CHECKPOINT`. It carries its own model code,
-so this app needs only torch, transformers, gradio, pillow and numpy, not `maskmatch_hf`.
+The checkpoint (a local folder or a Hub id) comes from `MASKMATCH_CHECKPOINT`. It carries its own model and
+pipeline code (overlay, colours, multi-scale TTA), so this app needs only torch, transformers, gradio, pillow
+and numpy, not `maskmatch_hf`.
 
     MASKMATCH_CHECKPOINT=outputs/camvid-maskmatch python examples/demo/app.py
 """
 
 from __future__ import annotations
 
-import colorsys
 import html
 import os
 
@@ -16,26 +16,11 @@ import gradio as gr
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers import pipeline
 
 DEFAULT_CHECKPOINT = "maskmatch-hf/segformer-camvid-maskmatch"  # placeholder: set MASKMATCH_CHECKPOINT
 MAX_SIDE = int(os.environ.get("MASKMATCH_MAX_SIDE", "1024"))  # larger uploads are segmented downscaled
 TTA_SCALES = (0.75, 1.0, 1.25)
-OVERLAY_ALPHA = 0.5
-# The usual CamVid colours; any other class gets a hue of its own.
-CAMVID_COLOURS = {
-    "sky": (128, 128, 128), "building": (128, 0, 0), "pole": (192, 192, 128), "road": (128, 64, 128),
-    "pavement": (60, 40, 222), "tree": (128, 128, 0), "sign_symbol": (192, 128, 128), "fence": (64, 64, 128),
-    "car": (64, 0, 128), "pedestrian": (64, 64, 0), "bicyclist": (0, 128, 192),
-}  # fmt: skip
-
-
-def class_colour(index: int, name: str) -> tuple[int, int, int]:
-    """The CamVid colour of `name`, else a distinct hue picked by the class index."""
-    if name.lower() in CAMVID_COLOURS:
-        return CAMVID_COLOURS[name.lower()]
-    red, green, blue = colorsys.hsv_to_rgb((index * 0.618034) % 1.0, 0.65, 0.95)
-    return round(red * 255), round(green * 255), round(blue * 255)
 
 
 def legend_html(names: list[str], palette: np.ndarray, labels: np.ndarray | None = None) -> str:
@@ -58,28 +43,24 @@ def legend_html(names: list[str], palette: np.ndarray, labels: np.ndarray | None
 
 
 def build_demo(checkpoint: str | None = None) -> gr.Blocks:
-    """Load the checkpoint and lay out the demo: image in, overlay + legend out, a TTA checkbox."""
+    """Load the checkpoint's own `maskmatch-segmentation` pipeline and lay out the demo: image in, overlay +
+    legend out, a TTA checkbox."""
     checkpoint = checkpoint or os.environ.get("MASKMATCH_CHECKPOINT", DEFAULT_CHECKPOINT)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    processor = AutoImageProcessor.from_pretrained(checkpoint)
-    model = AutoModelForSemanticSegmentation.from_pretrained(checkpoint, trust_remote_code=True).to(device).eval()
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    palette = np.array([class_colour(i, name) for i, name in enumerate(names)], dtype=np.uint8)
+    device = 0 if torch.cuda.is_available() else -1
+    segmenter = pipeline(model=checkpoint, trust_remote_code=True, device=device)
+    id2label = segmenter.model.config.id2label
+    names = [id2label[i] for i in range(len(id2label))]
 
-    @torch.inference_mode()
-    def segment(image: Image.Image, tta: bool) -> tuple[np.ndarray, str]:
+    def segment(image: Image.Image, tta: bool) -> tuple[Image.Image, str]:
         """Overlay of the predicted classes on `image`, and its legend."""
         if image is None:
             raise gr.Error("Upload an image first.")
         small = image.copy()
         small.thumbnail((MAX_SIDE, MAX_SIDE))
-        pixel_values = processor(images=small, return_tensors="pt")["pixel_values"].to(device)
         scales, flip = (TTA_SCALES, True) if tta else ((1.0,), False)
-        labels = model.ensemble_probabilities(pixel_values, scales=scales, flip=flip)[0].argmax(0)
-        labels = Image.fromarray(labels.cpu().numpy().astype(np.int32)).resize(image.size, Image.NEAREST)
-        labels = np.asarray(labels)
-        overlay = (1 - OVERLAY_ALPHA) * np.asarray(image, dtype=np.float32) + OVERLAY_ALPHA * palette[labels]
-        return overlay.round().astype(np.uint8), legend_html(names, palette, labels)
+        result = segmenter(small, scales=scales, flip=flip)
+        overlay = result["overlay"].resize(image.size, Image.BILINEAR)
+        return overlay, legend_html(names, segmenter.palette, result["semantic_map"])
 
     with gr.Blocks(title="MaskMatch segmentation") as demo:
         gr.Markdown(
@@ -93,7 +74,7 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
                 button = gr.Button("Segment", variant="primary")
             with gr.Column():
                 overlay = gr.Image(label="Segmentation overlay", format="png", interactive=False)
-                legend = gr.HTML(legend_html(names, palette), label="Legend")
+                legend = gr.HTML(legend_html(names, segmenter.palette), label="Legend")
         button.click(segment, inputs=[image, tta], outputs=[overlay, legend], api_name="segment")
     return demo
 
