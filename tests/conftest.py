@@ -9,12 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from PIL import Image
 from transformers import ResNetConfig, SegformerConfig, UperNetConfig
 
 from maskmatch_hf import MaskMatchConfig, MaskMatchForSemanticSegmentation
 from maskmatch_hf.configuration_efficientnet_lite import EfficientNetLiteConfig
 
+# Tiny models gain nothing from a second thread, and OpenMP threads that spin while another process holds the
+# other core make steps 100x slower; subprocesses inherit the setting through the environment.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -61,6 +66,14 @@ def tiny_model(segmenter: str = "segformer", seed: int = 0, **config_kwargs) -> 
     torch.manual_seed(seed)
     config = MaskMatchConfig(segmenter_config=ALL_SEGMENTERS[segmenter](), mask_patch_size=8, **config_kwargs)
     return MaskMatchForSemanticSegmentation(config)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process training run builds its own `Accelerator` (e.g. with another mixed precision)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture(params=sorted(SEGMENTERS))
