@@ -304,8 +304,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     scheduler = get_scheduler(
         args.lr_scheduler_type,
         optimizer=optimizer,
-        num_warmup_steps=args.num_warmup_steps,
-        num_training_steps=args.max_train_steps,
+        # The prepared scheduler steps once per process at each optimizer step (accelerate's convention).
+        num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
         scheduler_specific_kwargs={"power": args.poly_power} if args.lr_scheduler_type == "polynomial" else None,
     )
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
@@ -316,6 +317,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     resume = find_checkpoint(args.output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
     if resume is not None:
         start_step = resume[1]
+    elif args.resume_from_checkpoint:
+        accelerator.print(f"No training state in {args.output_dir}: starting from step 0.")
 
     # Loaders are pure functions of (seed, rank, step): they start at `start_step` without replaying data.
     # They are built (their iterators draw from the global RNG) before `load_state` restores the RNG.

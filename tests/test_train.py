@@ -45,9 +45,11 @@ def test_training_writes_model_card_plot_and_results(camvid_like, tmp_path, caps
     assert model.config.mask_patch_size == 8
 
 
-def test_resume_after_a_crash_matches_an_uninterrupted_run(camvid_like, tmp_path, monkeypatch):
-    common = ("--max_train_steps", "4", "--checkpointing_steps", "2", "--eval_steps", "2", "--preset",
-              "unimatch+maskmatch", "--teacher", "ema", "--ema_momentum", "0.5")  # fmt: skip
+@pytest.mark.parametrize("accumulation", ["1", "2"])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(camvid_like, tmp_path, monkeypatch, accumulation):
+    common = ("--gradient_accumulation_steps", accumulation, "--max_train_steps", "4", "--checkpointing_steps", "2",
+              "--eval_steps", "2", "--preset", "unimatch+maskmatch", "--teacher", "ema",
+              "--ema_momentum", "0.5")  # fmt: skip
     main(train_argv(camvid_like, tmp_path / "straight", *common))
 
     crashed = tmp_path / "crashed"
