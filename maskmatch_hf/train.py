@@ -171,7 +171,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         for action in parser._actions:
             action.required = action.required and action.dest not in values
     args = parser.parse_args(argv)
-    if args.preset is not None and args.preset != "supervised" and args.max_train_steps <= 0:
+    if args.max_train_steps <= 0:
         parser.error("--max_train_steps must be positive")
     if args.push_to_hub and not args.hub_model_id:
         args.hub_model_id = Path(args.output_dir).name
