@@ -58,6 +58,12 @@ class TrainingHistory:
         best = self.best_eval()
         last = self.train[-1] if self.train else {}
         results: dict[str, Any] = {"train_steps": last.get("step", 0), "train_loss": last.get("loss")}
+        # Pseudo-label quality at the end of training: mean over the last 10% of the steps.
+        tail = self.train[-max(1, len(self.train) // 10) :]
+        for name in ("confident_ratio", "pseudo_label_accuracy", "confident_pseudo_label_accuracy"):
+            values = [entry[name] for entry in tail if name in entry]
+            if values:
+                results[f"final_{name}"] = float(np.mean(values))
         if best is not None:
             results.update(
                 best_step=best["step"],

@@ -32,6 +32,7 @@ def test_training_writes_model_card_plot_and_results(camvid_like, tmp_path, caps
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["train_steps"] == 4 and 0 <= results["best_eval_mean_iou"] <= 1
     assert len(results["best_eval_per_category_iou"]) == 11
+    assert 0 <= results["final_confident_ratio"] <= 1 and 0 <= results["final_pseudo_label_accuracy"] <= 1
     card = (output_dir / "README.md").read_text()
     assert "pipeline_tag: image-segmentation" in card and f"{100 * results['best_eval_mean_iou']:.2f}" in card
     assert "| sky |" in card and "library_name: transformers" in card and "model-index:" in card
