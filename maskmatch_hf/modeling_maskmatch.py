@@ -41,6 +41,35 @@ class MaskMatchSegmenterOutput(SemanticSegmenterOutput):
     perturbed_logits: torch.FloatTensor | None = None
 
 
+def resize_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of `(batch, channels, h, w)` maps to `size` (a no-op when already there)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return nn.functional.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def multiscale_probabilities(
+    model: nn.Module, pixel_values: torch.FloatTensor, scales: Sequence[float] = (1.0,), flip: bool = False
+) -> torch.FloatTensor:
+    """Class probabilities of any segmenter averaged over input scales (and horizontal flips).
+
+    Each view's logits are resized to the view (SegFormer's come at 1/4), softmaxed, resized back to
+    `pixel_values`' size and averaged. Returns float32 `(batch_size, num_labels, height, width)`. Runs in the
+    model's current mode; call under `torch.no_grad()` and `eval()` for inference.
+    """
+    size = tuple(pixel_values.shape[-2:])
+    views = [pixel_values, pixel_values.flip(-1)] if flip else [pixel_values]
+    total = None
+    for scale in scales:
+        scaled_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+        for flipped, view in enumerate(views):
+            logits = model(pixel_values=resize_maps(view, scaled_size)).logits.float()
+            probs = resize_maps(resize_maps(logits, scaled_size).softmax(dim=1), size)
+            probs = probs.flip(-1) if flipped else probs
+            total = probs if total is None else total + probs
+    return total / (len(scales) * len(views))
+
+
 def _use_local_backbone_config(segmenter_config: PreTrainedConfig) -> None:
     """Rebuild a nested EfficientNet-Lite backbone config with this module's config class.
 
@@ -103,9 +132,9 @@ class MaskMatchForSemanticSegmentation(MaskMatchPreTrainedModel):
             features = self.encoder_features(pixel_values)
             perturbed = [nn.functional.dropout2d(f, self.config.fp_dropout, training=True) for f in features]
             both = self.segmenter.decode_head([torch.cat(pair) for pair in zip(features, perturbed)])
-            logits, perturbed_logits = self._to_input_size(both, pixel_values).chunk(2)
+            logits, perturbed_logits = resize_maps(both, pixel_values.shape[-2:]).chunk(2)
         else:
-            logits = self._to_input_size(self.segmenter(pixel_values=pixel_values).logits, pixel_values)
+            logits = resize_maps(self.segmenter(pixel_values=pixel_values).logits, pixel_values.shape[-2:])
 
         loss = None
         if labels is not None:
@@ -127,37 +156,11 @@ class MaskMatchForSemanticSegmentation(MaskMatchPreTrainedModel):
             f"Feature perturbation needs a SegFormer or UperNet segmenter, got {type(self.segmenter).__name__}."
         )
 
-    @staticmethod
-    def _to_input_size(logits: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        if logits.shape[-2:] == pixel_values.shape[-2:]:
-            return logits
-        return nn.functional.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
-
     def ensemble_probabilities(
         self, pixel_values: torch.FloatTensor, scales: Sequence[float] = (1.0,), flip: bool = False
     ) -> torch.FloatTensor:
-        """Class probabilities averaged over input scales (and horizontal flips), at the input resolution.
-
-        Each scale's softmax is resized back to `pixel_values`' size before averaging. Returns float32
-        `(batch_size, num_labels, height, width)`. Runs in the model's current mode; call under `torch.no_grad()`
-        and `eval()` for inference.
-        """
-        height, width = pixel_values.shape[-2:]
-        views = [pixel_values, pixel_values.flip(-1)] if flip else [pixel_values]
-        total = None
-        for scale in scales:
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            for flipped, view in enumerate(views):
-                if size != (height, width):
-                    view = nn.functional.interpolate(view, size=size, mode="bilinear", align_corners=False)
-                probs = self(pixel_values=view).logits.float().softmax(dim=1)
-                if size != (height, width):
-                    probs = nn.functional.interpolate(
-                        probs, size=(height, width), mode="bilinear", align_corners=False
-                    )
-                probs = probs.flip(-1) if flipped else probs
-                total = probs if total is None else total + probs
-        return total / (len(scales) * len(views))
+        """Class probabilities averaged over input scales (and horizontal flips); see [`multiscale_probabilities`]."""
+        return multiscale_probabilities(self, pixel_values, scales, flip)
 
     @classmethod
     def from_segmenter_pretrained(
@@ -187,4 +190,10 @@ class MaskMatchForSemanticSegmentation(MaskMatchPreTrainedModel):
 
 AutoModelForSemanticSegmentation.register(MaskMatchConfig, MaskMatchForSemanticSegmentation, exist_ok=True)
 
-__all__ = ["MaskMatchForSemanticSegmentation", "MaskMatchPreTrainedModel", "MaskMatchSegmenterOutput"]
+__all__ = [
+    "MaskMatchForSemanticSegmentation",
+    "MaskMatchPreTrainedModel",
+    "MaskMatchSegmenterOutput",
+    "multiscale_probabilities",
+    "resize_maps",
+]

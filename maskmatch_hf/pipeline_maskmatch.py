@@ -1,9 +1,9 @@
 """The `maskmatch-segmentation` pipeline and the inference helpers it shares with `maskmatch-predict`.
 
-Test-time augmentation (multi-scale, flip), label maps at the original image size, palettes and overlays, for
-MaskMatch and stock SegFormer / UperNet segmenters alike. [`save_pipeline`] saves this file with a checkpoint, so
-`pipeline(model=checkpoint, trust_remote_code=True)` works where `maskmatch_hf` is not installed: it imports only
-torch, numpy, PIL and transformers.
+Test-time augmentation (multi-scale, flip; from `modeling_maskmatch`), label maps at the original image size,
+palettes and overlays, for MaskMatch and stock SegFormer / UperNet segmenters alike. [`save_pipeline`] saves this
+file and the model code it imports with a checkpoint, so `pipeline(model=checkpoint, trust_remote_code=True)`
+works where `maskmatch_hf` is not installed: it imports only torch, numpy, PIL, transformers and its siblings.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from PIL import Image, ImageDraw
 from transformers import AutoModelForSemanticSegmentation, BaseImageProcessor, Pipeline, PreTrainedModel
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY
+
+from .modeling_maskmatch import multiscale_probabilities, resize_maps
 
 TASK = "maskmatch-segmentation"
 
@@ -37,38 +39,9 @@ CAMVID_COLORS = {
 }
 
 
-def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(tensor.shape[-2:]) == tuple(size):
-        return tensor
-    return torch.nn.functional.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
-
-
-def ensemble_probabilities(
-    model: PreTrainedModel, pixel_values: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False
-) -> torch.Tensor:
-    """Class probabilities averaged over input scales (and horizontal flips), float32 at `pixel_values`' size.
-
-    MaskMatch models (anything with an `ensemble_probabilities` method, including one loaded as remote code) use
-    their own; for a stock segmenter, whose logits may be smaller than its input, each view's logits are resized
-    to the view, softmaxed, resized back to the input and averaged, which gives the same result.
-    """
-    if hasattr(model, "ensemble_probabilities"):
-        return model.ensemble_probabilities(pixel_values, scales=tuple(scales), flip=flip)
-    size = tuple(pixel_values.shape[-2:])
-    views = [pixel_values, pixel_values.flip(-1)] if flip else [pixel_values]
-    total = 0.0
-    for scale in scales:
-        scaled_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-        for flipped, view in enumerate(views):
-            logits = model(pixel_values=_resize(view, scaled_size)).logits.float()
-            probs = _resize(_resize(logits, scaled_size).softmax(dim=1), size)
-            total = total + (probs.flip(-1) if flipped else probs)
-    return total / (len(scales) * len(views))
-
-
 def label_map_at_size(probabilities: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """Arg-max `(height, width)` int64 label map of `(num_labels, h, w)` probabilities resized to `size`."""
-    return _resize(probabilities[None], size)[0].argmax(dim=0).cpu().numpy()
+    return resize_maps(probabilities[None], size)[0].argmax(dim=0).cpu().numpy()
 
 
 def _spread_bits(index: int) -> tuple[int, int, int]:
@@ -168,7 +141,7 @@ class MaskMatchSegmentationPipeline(Pipeline):
     ) -> dict[str, Any]:
         images = model_inputs["image"]
         batched = isinstance(images, list)  # `batch_size > 1` collates the images into a list
-        probabilities = ensemble_probabilities(self.model, model_inputs["pixel_values"], scales, flip)
+        probabilities = multiscale_probabilities(self.model, model_inputs["pixel_values"], scales, flip)
         maps = [
             label_map_at_size(p, (im.height, im.width))
             for p, im in zip(probabilities, images if batched else [images])
@@ -208,10 +181,10 @@ __all__ = [
     "TASK",
     "MaskMatchSegmentationPipeline",
     "colorize",
-    "ensemble_probabilities",
     "label_map_at_size",
     "label_palette",
     "legend",
+    "multiscale_probabilities",
     "overlay",
     "save_pipeline",
 ]

@@ -39,10 +39,10 @@ from .configuration_maskmatch import IMAGENET_MEAN, IMAGENET_STD
 from .data import IMAGE_EXTENSIONS
 from .pipeline_maskmatch import (
     colorize,
-    ensemble_probabilities,
     label_map_at_size,
     label_palette,
     legend,
+    multiscale_probabilities,
     overlay,
 )
 
@@ -118,7 +118,7 @@ def predict_label_maps(
 
     Images go through the model `batch_size` at a time (images whose processed sizes differ run in separate
     forward passes). `scales` / `flip` average the softmaxes of rescaled / mirrored views (test-time augmentation,
-    [`ensemble_probabilities`]) before the arg-max.
+    [`multiscale_probabilities`]) before the arg-max.
     """
     label_maps = []
     for start in range(0, len(images), batch_size):
@@ -130,7 +130,7 @@ def predict_label_maps(
         batch_maps = [None] * len(batch)
         for indices in by_shape.values():
             inputs = torch.stack([pixel_values[i] for i in indices]).to(model.device, model.dtype)
-            probabilities = ensemble_probabilities(model, inputs, scales, flip)
+            probabilities = multiscale_probabilities(model, inputs, scales, flip)
             for i, probs in zip(indices, probabilities):
                 batch_maps[i] = label_map_at_size(probs, (batch[i].height, batch[i].width))
         label_maps.extend(batch_maps)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +70,29 @@ def tiny_model(segmenter: str = "segformer", seed: int = 0, **config_kwargs) -> 
     torch.manual_seed(seed)
     config = MaskMatchConfig(segmenter_config=ALL_SEGMENTERS[segmenter](), mask_patch_size=8, **config_kwargs)
     return MaskMatchForSemanticSegmentation(config)
+
+
+# Prelude of scripts run where `import maskmatch_hf` must fail, as on a machine or Space that only has a checkpoint.
+WITHOUT_MASKMATCH = "import sys\nsys.modules['maskmatch_hf'] = None\n"
+
+
+def run_without_maskmatch(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh offline Python where `maskmatch_hf` cannot be imported; fail with its output."""
+    path = cwd / "without_maskmatch.py"
+    path.write_text(WITHOUT_MASKMATCH + textwrap.dedent(script))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(cwd / "modules")}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, str(path), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,25 +19,19 @@ import yaml
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from .conftest import WITHOUT_MASKMATCH, free_port
+
 DEMO_DIR = Path(__file__).resolve().parents[1] / "examples" / "demo"
 CAMVID_CLASSES = (
     "sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian", "bicyclist"
 )  # fmt: skip
 # Runs app.py as a Space would: `import maskmatch_hf` fails, the model code comes from the checkpoint.
-LAUNCH_WITHOUT_PACKAGE = (
-    "import runpy, sys; sys.modules['maskmatch_hf'] = None; runpy.run_path(sys.argv[1], run_name='__main__')"
-)
+LAUNCH_WITHOUT_PACKAGE = WITHOUT_MASKMATCH + "import runpy\nrunpy.run_path(sys.argv[1], run_name='__main__')\n"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-proxy-server",
     "--force-color-profile=srgb", "--hide-scrollbars", "--window-size=1280,900", "--virtual-time-budget=15000",
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_up(url: str, app: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:

@@ -1,8 +1,3 @@
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 from transformers import (
@@ -14,7 +9,7 @@ from transformers import (
 
 from maskmatch_hf import MaskMatchConfig, MaskMatchForSemanticSegmentation
 
-from .conftest import NUM_LABELS, tiny_model
+from .conftest import NUM_LABELS, run_without_maskmatch, tiny_model
 
 STOCK_CLASSES = {"segformer": SegformerForSemanticSegmentation, "upernet": UperNetForSemanticSegmentation}
 
@@ -108,23 +103,7 @@ def test_auto_classes_are_registered():
     assert isinstance(model, MaskMatchForSemanticSegmentation)
 
 
-REMOTE_CODE_SCRIPT = textwrap.dedent(
-    """
-    import sys
-
-    class BlockMaskMatch:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "maskmatch_hf":
-                raise ImportError("maskmatch_hf is blocked in this process")
-
-    sys.meta_path.insert(0, BlockMaskMatch())
-    try:
-        import maskmatch_hf  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("maskmatch_hf should not be importable here")
-
+REMOTE_CODE_SCRIPT = """
     import torch
     from transformers import AutoModelForSemanticSegmentation
 
@@ -137,7 +116,6 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
     torch.testing.assert_close(logits, expected["logits"])
     print("remote code OK")
     """
-)
 
 
 @pytest.mark.parametrize("segmenter_name", ["segformer", "upernet", "upernet-efficientnet-lite"])
@@ -152,17 +130,5 @@ def test_remote_code_loads_in_a_process_without_the_package(tmp_path, segmenter_
         torch.save(
             {"pixel_values": pixel_values, "logits": model(pixel_values=pixel_values).logits}, tmp_path / "x.pt"
         )
-    script = tmp_path / "load.py"
-    script.write_text(REMOTE_CODE_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, str(script), str(checkpoint), str(tmp_path / "x.pt")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_without_maskmatch(REMOTE_CODE_SCRIPT, str(checkpoint), str(tmp_path / "x.pt"), cwd=tmp_path)
     assert "remote code OK" in result.stdout

@@ -1,11 +1,7 @@
 """transformers pipelines on trained checkpoints: the stock `image-segmentation` one and `maskmatch-segmentation`."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +14,8 @@ from maskmatch_hf import MaskMatchForSemanticSegmentation
 from maskmatch_hf.data import CAMVID_ID2LABEL
 from maskmatch_hf.pipeline_maskmatch import TASK, MaskMatchSegmentationPipeline, save_pipeline
 from maskmatch_hf.predict import predict_label_maps
+
+from .conftest import run_without_maskmatch
 
 TTA = {"scales": [0.75, 1.0], "flip": True}
 
@@ -106,23 +104,8 @@ def test_custom_pipeline_with_tta(with_pipeline, image):
         np.testing.assert_array_equal(got["semantic_map"], want)
 
 
-CLEAN_PROCESS_SCRIPT = textwrap.dedent(
-    """
+CLEAN_PROCESS_SCRIPT = """
     import json
-    import sys
-
-    class BlockMaskMatch:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "maskmatch_hf":
-                raise ImportError("maskmatch_hf is blocked in this process")
-
-    sys.meta_path.insert(0, BlockMaskMatch())
-    try:
-        import maskmatch_hf  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("maskmatch_hf should not be importable here")
 
     import numpy as np
     from PIL import Image
@@ -143,24 +126,13 @@ CLEAN_PROCESS_SCRIPT = textwrap.dedent(
         "stock_labels": [segment["label"] for segment in segments],
     }))
     """
-)
 
 
 def test_pipelines_load_in_a_process_without_the_package(with_pipeline, image, tmp_path):
     image.save(tmp_path / "image.png")
-    script = tmp_path / "run.py"
-    script.write_text(CLEAN_PROCESS_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, str(script), str(with_pipeline), str(tmp_path / "image.png"), json.dumps(TTA)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_without_maskmatch(
+        CLEAN_PROCESS_SCRIPT, str(with_pipeline), str(tmp_path / "image.png"), json.dumps(TTA), cwd=tmp_path
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     output = json.loads(result.stdout.strip().splitlines()[-1])
 
     model = MaskMatchForSemanticSegmentation.from_pretrained(with_pipeline).eval()

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from transformers import ResNetConfig, ResNetForImageClassification, SegformerForSemanticSegmentation
 
-from maskmatch_hf import MaskMatchForSemanticSegmentation
+from maskmatch_hf import MaskMatchForSemanticSegmentation, predict
 from maskmatch_hf.data import CAMVID_ID2LABEL
-from maskmatch_hf.pipeline_maskmatch import ensemble_probabilities
+from maskmatch_hf.modeling_maskmatch import multiscale_probabilities
 from maskmatch_hf.predict import colorize, label_palette, legend, load_segmenter, main, overlay, predict_label_maps
 
 from .conftest import PALETTE, tiny_model
@@ -89,24 +89,23 @@ def test_wrong_checkpoint_type_fails_at_once(tmp_path, caplog):
     assert "ResNetConfig" in caplog.text and not (tmp_path / "out").exists()
 
 
-def test_tta_goes_through_the_maskmatch_ensemble(trained, monkeypatch):
+def test_tta_goes_through_the_multiscale_ensemble(trained, monkeypatch):
     model, image_processor = trained
     image = random_image(64, 48)
     calls = []
-    original = model.ensemble_probabilities
 
-    def spy(pixel_values, scales, flip):
+    def spy(model, pixel_values, scales, flip):
         calls.append((tuple(scales), flip))
-        return original(pixel_values, scales=scales, flip=flip)
+        return multiscale_probabilities(model, pixel_values, scales, flip)
 
-    monkeypatch.setattr(model, "ensemble_probabilities", spy)
+    monkeypatch.setattr(predict, "multiscale_probabilities", spy)
     [tta] = predict_label_maps(model, image_processor, [image], scales=(0.5, 1.0), flip=True)
     [plain] = predict_label_maps(model, image_processor, [image])
     assert calls == [((0.5, 1.0), True), ((1.0,), False)]
 
     pixel_values = image_processor(images=image, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        expected = original(pixel_values, scales=(0.5, 1.0), flip=True)[0].argmax(0).numpy()
+        expected = model.ensemble_probabilities(pixel_values, scales=(0.5, 1.0), flip=True)[0].argmax(0).numpy()
         logits = model(pixel_values=pixel_values).logits[0]
     np.testing.assert_array_equal(tta, expected)
     np.testing.assert_array_equal(plain, logits.argmax(0).numpy())
@@ -119,7 +118,7 @@ def test_stock_tta_averages_like_the_maskmatch_ensemble(segmenter):
     with torch.no_grad():
         # The stock path (logits of any size) matches MaskMatch's own ensemble of the same weights...
         torch.testing.assert_close(
-            ensemble_probabilities(stock, pixel_values, scales=(0.5, 1.0, 1.5), flip=True),
+            multiscale_probabilities(stock, pixel_values, scales=(0.5, 1.0, 1.5), flip=True),
             model.ensemble_probabilities(pixel_values, scales=(0.5, 1.0, 1.5), flip=True),
         )
 
@@ -131,10 +130,10 @@ def test_stock_tta_averages_like_the_maskmatch_ensemble(segmenter):
         half = torch.nn.functional.interpolate(pixel_values, size=(16, 20), mode="bilinear")
         half_probs = torch.nn.functional.interpolate(probs(half), size=(32, 40), mode="bilinear")
         torch.testing.assert_close(
-            ensemble_probabilities(stock, pixel_values, scales=(0.5, 1.0)), (half_probs + probs(pixel_values)) / 2
+            multiscale_probabilities(stock, pixel_values, scales=(0.5, 1.0)), (half_probs + probs(pixel_values)) / 2
         )
         torch.testing.assert_close(
-            ensemble_probabilities(stock, pixel_values, flip=True),
+            multiscale_probabilities(stock, pixel_values, flip=True),
             (probs(pixel_values) + probs(pixel_values.flip(-1)).flip(-1)) / 2,
         )
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ from maskmatch_hf import MaskMatchForSemanticSegmentation, MaskMatchObjective
 from maskmatch_hf.data import DataValidationError
 from maskmatch_hf.train import main, parse_args
 
-from .conftest import make_camvid_like, train_argv
+from .conftest import free_port, make_camvid_like, train_argv
 
 
 def test_training_writes_model_card_plot_and_results(camvid_like, tmp_path, capsys):
@@ -157,12 +156,6 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
     train_module.main(sys.argv[1:])
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("streaming", [False, True])
