@@ -16,7 +16,7 @@ from maskmatch_hf import MaskMatchForSemanticSegmentation, MaskMatchObjective
 from maskmatch_hf.data import DataValidationError
 from maskmatch_hf.train import main, parse_args
 
-from .conftest import free_port, make_camvid_like, train_argv
+from .conftest import make_camvid_like, train_argv
 
 
 def test_training_writes_model_card_plot_and_results(camvid_like, tmp_path, capsys):
@@ -118,12 +118,13 @@ def test_invalid_hyperparameter_fails_before_training(camvid_like, tmp_path):
 
 DISTRIBUTED_SCRIPT = textwrap.dedent(
     """
-    import hashlib, json, sys
+    import faulthandler, hashlib, json, sys
     import torch
     import torch.distributed as dist
     import maskmatch_hf.train as train_module
     from maskmatch_hf.data_transforms import WeakAugmentation, open_image
 
+    faulthandler.dump_traceback_later(150, exit=True)  # a hung rank prints where it waits, and the test fails
     seen = []
     original_call = WeakAugmentation.__call__
 
@@ -175,11 +176,11 @@ def test_two_processes_train_on_disjoint_data(tmp_path, streaming):
              "--per_device_train_batch_size", "1", "--per_device_unlabeled_batch_size", unlabeled_batch]  # fmt: skip
     if streaming:
         extra += ["--streaming", "--unlabeled_split", "train"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-               "127.0.0.1", "--master_port", str(free_port()), str(script), *train_argv(camvid_like, output_dir),
-               *extra]  # fmt: skip
+    # --standalone: torchrun binds a free port itself (no race between picking a port and binding it).
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               *train_argv(camvid_like, output_dir), *extra]  # fmt: skip
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     errors = [line for line in result.stderr.splitlines() if "Error" in line or "error" in line]
     assert result.returncode == 0, "\n".join(errors[:30]) + result.stderr[-3000:]
     assert "DISTRIBUTED OK" in result.stdout
