@@ -21,6 +21,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -311,9 +312,18 @@ def split_by_fraction(dataset: Dataset, fraction: float, seed: int) -> tuple[Dat
     return dataset.select(np.sort(order[:num_labeled])), dataset.select(np.sort(order[num_labeled:]))
 
 
-def _read_json_arg(value: str) -> dict:
-    """A JSON object given inline or as a file path."""
-    return json.loads(Path(value).read_text() if Path(value).is_file() else value)
+def read_json_argument(value: str | None) -> dict[str, Any]:
+    """A JSON object given inline or as a path to a file."""
+    if not value:
+        return {}
+    text = Path(value).read_text() if Path(value).is_file() else value
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"Expected a JSON object or a JSON file, got {value!r}: {error}") from error
+    if not isinstance(parsed, dict):
+        raise ValueError(f"Expected a JSON object, got {value!r}.")
+    return parsed
 
 
 def _class_label_names(feature) -> list[str] | None:
@@ -326,7 +336,7 @@ def _class_label_names(feature) -> list[str] | None:
 def resolve_id2label(config: DataConfig, label_feature, camvid: bool) -> dict[int, str] | None:
     """id2label from, in order: `config.id2label`, a `ClassLabel` label feature, CamVid's built-in table."""
     if config.id2label:
-        return {int(k): str(v) for k, v in _read_json_arg(config.id2label).items()}
+        return {int(k): str(v) for k, v in read_json_argument(config.id2label).items()}
     if names := _class_label_names(label_feature):
         return dict(enumerate(names))
     return dict(CAMVID_ID2LABEL) if camvid else None
@@ -334,7 +344,7 @@ def resolve_id2label(config: DataConfig, label_feature, camvid: bool) -> dict[in
 
 def build_label_mapping(config: DataConfig, camvid: bool) -> LabelMapping:
     """`label_map` entries, plus `void_label` (CamVid's 11 by default) mapped to `ignore_index`."""
-    label_map = {int(k): int(v) for k, v in _read_json_arg(config.label_map).items()} if config.label_map else {}
+    label_map = {int(k): int(v) for k, v in read_json_argument(config.label_map).items()}
     void_label = config.void_label
     if void_label is None and camvid and not label_map:
         void_label = CAMVID_VOID_LABEL

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig, ResNetConfig, SegformerConfig, UperNetConfig
@@ -22,20 +20,6 @@ SEGFORMER_VARIANTS: dict[str, dict[str, Any]] = {
     "b2": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 4, 6, 3], "decoder_hidden_size": 768},
 }
 BACKBONES = ("efficientnet-lite0", "resnet18", "resnet50")
-
-
-def read_json_argument(value: str | None) -> dict[str, Any]:
-    """A JSON object given inline or as a path to a file."""
-    if not value:
-        return {}
-    text = Path(value).read_text() if Path(value).is_file() else value
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"Expected a JSON object or a JSON file, got {value!r}: {error}") from error
-    if not isinstance(parsed, dict):
-        raise ValueError(f"Expected a JSON object, got {value!r}.")
-    return parsed
 
 
 def backbone_config(name: str, **overrides: Any) -> PreTrainedConfig:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import SegformerImageProcessorPil, get_scheduler
 
 from .configuration_maskmatch import PRESETS, MaskMatchConfig
-from .data import DataConfig, load_segmentation_data
+from .data import DataConfig, load_segmentation_data, read_json_argument
 from .data_loaders import eval_dataloader, infinite_dataloader, sample_seed
 from .data_transforms import EvalTransform, Resize, WeakAugmentation
 from .data_validation import validate_segmentation_data
@@ -39,7 +39,7 @@ from .modeling_maskmatch import MaskMatchForSemanticSegmentation
 from .objective import MaskMatchObjective
 from .pipeline_maskmatch import save_pipeline
 from .reporting import TrainingHistory, plot_training_curves, write_model_card
-from .segmenters import BACKBONES, SEGFORMER_VARIANTS, load_model_for_training, read_json_argument
+from .segmenters import BACKBONES, SEGFORMER_VARIANTS, load_model_for_training
 
 logger = get_logger(__name__)
 
