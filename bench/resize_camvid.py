@@ -21,7 +21,11 @@ from maskmatch_hf.data_transforms import Resize
 
 def resize_camvid(camvid: Path, output: Path, shorter_side: int) -> None:
     resize = Resize(shorter_side=shorter_side)
-    files = [(folder, path) for folder in ("train", "trainannot", "val", "valannot") for path in (camvid / folder).glob("*.png")]
+    files = [
+        (folder, path)
+        for folder in ("train", "trainannot", "val", "valannot")
+        for path in (camvid / folder).glob("*.png")
+    ]
     for folder, path in tqdm(files, desc="resize"):
         image = PIL.Image.open(path)
         resample = PIL.Image.NEAREST if folder.endswith("annot") else PIL.Image.BILINEAR
