@@ -2,7 +2,7 @@
 # Run several bench/compare_presets.py runs at once on one GPU machine (tiny models leave the GPU mostly idle,
 # so parallel runs multiply throughput), then pack the result files and logs into $OUT/results.tgz.
 # Each line of the run file holds the arguments of one compare_presets.py call.
-#   bash bench/run_parallel.sh bench/runs/ablations_1_8.txt
+#   bash bench/run_parallel.sh bench/plans/ablations_1_8.txt
 set -u
 RUN_FILE=$1
 OUT=${OUT:-outputs/parallel}
