@@ -153,8 +153,10 @@ def main() -> None:
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then extra maskmatch-train flags.")
     args = parser.parse_args()
     args.train_args = [a for a in args.train_args if a != "--"]
-    if args.train_args and not args.tag:
-        parser.error("runs with extra training flags need a --tag")
+    # Flags that change the recipe need a tag; how the data is loaded does not.
+    recipe_flags = [a for a in args.train_args if a.startswith("--") and a != "--dataloader_num_workers"]
+    if recipe_flags and not args.tag:
+        parser.error(f"runs with extra training flags ({' '.join(recipe_flags)}) need a --tag")
     for preset in args.presets:
         record = json.loads(run(args, preset).read_text())
         accuracy = (record["pseudo_label_accuracy_curve"] or [[0, float("nan")]])[-1][1]

@@ -167,7 +167,7 @@ class MaskMatchObjective(nn.Module):
         momentum = config.class_threshold_momentum
         updated = momentum * self.class_confidence + (1 - momentum) * batch_mean
         self.class_confidence.copy_(torch.where(seen, updated, self.class_confidence))
-        return config.confidence_threshold * self.class_confidence / self.class_confidence.max()
+        return config.confidence_threshold * self.class_confidence / self.class_confidence.max().clamp_min(1e-6)
 
     def pseudo_labels(
         self, pixel_values: torch.FloatTensor, real: torch.BoolTensor

@@ -20,6 +20,8 @@ class TrainingHistory:
     def __init__(self) -> None:
         self.train: list[dict[str, float]] = []
         self.eval: list[dict[str, Any]] = []
+        # Training seconds per step (evaluation excluded) of this process's session; not part of the state.
+        self.seconds_per_step: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"train": self.train, "eval": self.eval}
@@ -59,6 +61,8 @@ class TrainingHistory:
         best = self.best_eval()
         last = self.train[-1] if self.train else {}
         results: dict[str, Any] = {"train_steps": last.get("step", 0), "train_loss": last.get("loss")}
+        if self.seconds_per_step is not None:
+            results["train_seconds_per_step"] = self.seconds_per_step
         # Pseudo-label quality at the end of training: mean over the last 10% of the steps.
         tail = self.train[-max(1, len(self.train) // 10) :]
         for name in ("confident_ratio", "pseudo_label_accuracy", "confident_pseudo_label_accuracy"):

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -413,6 +414,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         range(args.max_train_steps), initial=start_step, desc="train", disable=not accelerator.is_local_main_process
     )
     objective.train()
+    loop_start, eval_seconds = time.perf_counter(), 0.0
     for step in range(start_step, args.max_train_steps):
         for micro in range(args.gradient_accumulation_steps):
             with accelerator.accumulate(objective):
@@ -444,7 +446,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
         last = completed == args.max_train_steps
         if eval_loader is not None and (last or (args.eval_steps and completed % args.eval_steps == 0)):
+            eval_start = time.perf_counter()
             scores = evaluate(student, eval_loader, accelerator, args.eval_scales, args.eval_flip)
+            eval_seconds += time.perf_counter() - eval_start
             improved = history.log_eval(completed, scores)
             progress.set_postfix(history.postfix())
             if args.with_tracking:
@@ -461,6 +465,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 prune_checkpoints(output_dir, args.checkpoints_total_limit)
             accelerator.wait_for_everyone()
     progress.close()
+    steps_run = args.max_train_steps - start_step
+    train_seconds = time.perf_counter() - loop_start - eval_seconds
+    if steps_run:
+        history.seconds_per_step = train_seconds / steps_run
 
     results = finish(args, accelerator, student, history, data, eval_transform, best_dir)
     accelerator.end_training()
@@ -497,6 +505,7 @@ def finish(
             eval_size = tuple(eval_transform(data.eval[0])["pixel_values"].shape[-2:])
         save_final_model(model, output_dir, args.crop_size, eval_size)
         (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
+        (output_dir / "training_history.json").write_text(json.dumps(history.state_dict()))
         plot_training_curves(history, output_dir / "training_curves.png")
         write_model_card(output_dir, model.config, results, vars(args))
         if args.push_to_hub:

@@ -77,7 +77,11 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(camvid_like, tmp_path
         assert torch.equal(straight_state[key], resumed_state[key]), key
     straight = json.loads((tmp_path / "straight" / "all_results.json").read_text())
     resumed = json.loads((crashed / "all_results.json").read_text())
+    assert straight.pop("train_seconds_per_step") > 0 and resumed.pop("train_seconds_per_step") > 0  # wall time
     assert straight == resumed
+    history = json.loads((crashed / "training_history.json").read_text())
+    assert [entry["step"] for entry in history["train"]] == [1, 2, 3, 4]
+    assert history == json.loads((tmp_path / "straight" / "training_history.json").read_text())
 
 
 def test_polynomial_schedule_decays_each_group_from_its_own_base_lr():
