@@ -66,7 +66,7 @@ class MaskMatchConfig(PreTrainedConfig):
             Also average horizontally flipped predictions in the teacher ensemble.
         confidence_threshold (`float`, defaults to 0.95):
             Pseudo-labels count only where the teacher's max probability reaches this value.
-        class_thresholds (`str`, defaults to `"adaptive"`):
+        class_thresholds (`str`, defaults to `"fixed"`):
             `fixed`: every class uses `confidence_threshold`. `adaptive`: class `c` uses
             `confidence_threshold * m_c / max_k m_k`, where `m_c` is the running mean confidence of the
             teacher's pixels predicted as `c` (FreeMatch-style self-adaptive class thresholds), so classes the
@@ -110,7 +110,7 @@ class MaskMatchConfig(PreTrainedConfig):
     ensemble_scales: list[float | int] | tuple[float | int, ...] = (0.75, 1.0, 1.25)
     ensemble_flip: bool = False
     confidence_threshold: float | int = 0.95
-    class_thresholds: str = "adaptive"
+    class_thresholds: str = "fixed"
     class_threshold_momentum: float | int = 0.99
     unlabeled_rampup_steps: int = 0
     lambda_s: float | int = 1.0
