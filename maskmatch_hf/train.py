@@ -83,6 +83,7 @@ NON_NEGATIVE_FLAGS = (
     "dataloader_num_workers",
     "seed",
 )
+DEFAULT_WARMUP = 0.05
 # MaskMatch hyperparameters settable from the command line (every field of MaskMatchConfig but the nested ones).
 MASKMATCH_FIELDS = [
     f
@@ -178,7 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
     train.add_argument("--lr_scheduler_type", default="polynomial", help="transformers scheduler name.")
     train.add_argument("--poly_power", type=float, default=0.9, help="Power of the polynomial schedule.")
-    train.add_argument("--num_warmup_steps", type=int, default=0)
+    train.add_argument(
+        "--num_warmup_steps",
+        type=float,
+        default=DEFAULT_WARMUP,
+        help="Linear LR warmup: a number of steps, or a fraction of --max_train_steps when below 1.",
+    )
     train.add_argument("--checkpointing_steps", type=int, help="Save the training state every N steps.")
     train.add_argument("--checkpoints_total_limit", type=int, default=2, help="Training states kept (0: all).")
     train.add_argument("--resume_from_checkpoint", help="'latest' or a step_N directory.")
@@ -259,6 +265,34 @@ def parameter_groups(model: MaskMatchForSemanticSegmentation, args: argparse.Nam
         {"params": encoder, "lr": args.learning_rate},
         {"params": head, "lr": args.learning_rate * args.head_learning_rate_multiplier},
     ]
+
+
+def warmup_steps(args: argparse.Namespace) -> int:
+    """`--num_warmup_steps` in steps: a value below 1 is a fraction of `--max_train_steps`."""
+    if args.num_warmup_steps < 1:
+        return round(args.num_warmup_steps * args.max_train_steps)
+    return int(args.num_warmup_steps)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, args: argparse.Namespace, num_processes: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then `--lr_scheduler_type` (polynomial: `lr = base_lr * (1 - t / T) ** poly_power`, down
+    to 0, for each parameter group's own base LR).
+
+    The prepared scheduler steps once per process at each optimizer step (accelerate's convention), so step
+    counts are multiplied by `num_processes`.
+    """
+    polynomial = args.lr_scheduler_type == "polynomial"
+    return get_scheduler(
+        args.lr_scheduler_type,
+        optimizer=optimizer,
+        num_warmup_steps=warmup_steps(args) * num_processes,
+        num_training_steps=args.max_train_steps * num_processes,
+        # transformers' polynomial schedule scales every group by (lr_end + (defaults["lr"] - lr_end) * decay)
+        # / defaults["lr"]: with lr_end 0 that factor is exactly decay, whatever the group's own LR.
+        scheduler_specific_kwargs={"power": args.poly_power, "lr_end": 0.0} if polynomial else None,
+    )
 
 
 def training_states(directory: str | Path) -> list[tuple[int, Path]]:
@@ -472,15 +506,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     objective = MaskMatchObjective(model)
-    optimizer = torch.optim.AdamW(parameter_groups(model, args), weight_decay=args.weight_decay)
-    scheduler = get_scheduler(
-        args.lr_scheduler_type,
-        optimizer=optimizer,
-        # The prepared scheduler steps once per process at each optimizer step (accelerate's convention).
-        num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-        scheduler_specific_kwargs={"power": args.poly_power} if args.lr_scheduler_type == "polynomial" else None,
-    )
+    optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = build_scheduler(optimizer, args, accelerator.num_processes)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
     history = TrainingHistory()
     accelerator.register_for_checkpointing(history)
@@ -565,12 +592,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     inputs["unlabeled_labels"] = unlabeled.get("labels")
                 generator = torch.Generator(accelerator.device)
                 generator.manual_seed(sample_seed(args.seed, accelerator.process_index, step, micro))
-                output = objective(**inputs, generator=generator)
+                output = objective(**inputs, generator=generator, step=step)
                 accelerator.backward(output.loss)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-        unwrapped.update_teacher()
+        unwrapped.update_teacher(step)
         completed = step + 1
 
         logs = {**output.logs, "lr": scheduler.get_last_lr()[0]}
