@@ -46,9 +46,3 @@ def check_local_or_hub(name_or_path: str, flag: str) -> None:
         validate_repo_id(name_or_path)
     except HFValidationError:
         raise MaskMatchUsageError(f"{flag} {name_or_path}: the local path does not exist.") from None
-
-
-def check_file(path: str | None, flag: str) -> None:
-    """Fails unless `path` (when given) is an existing file."""
-    if path is not None and not Path(path).is_file():
-        raise MaskMatchUsageError(f"{flag} {path}: file not found.")
