@@ -2,7 +2,7 @@
 PYTHON ?= python3
 CAMVID ?= ../shared/data/camvid
 
-.PHONY: install train-camvid test lint
+.PHONY: install system-deps train-camvid test lint
 
 # torch first, from the CPU build on these machines: a bare `torch` requirement would pull CUDA wheels.
 install:
@@ -15,7 +15,14 @@ train-camvid: install
 		--dataset_name $(CAMVID) --labeled_ids $(CAMVID)/splits/1_8/labeled.txt \
 		--unlabeled_ids $(CAMVID)/splits/1_8/unlabeled.txt
 
-test: install
+# The demo test screenshots the Gradio page with Debian's headless Chromium (sudo only when not root).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium; \
+	}
+
+test: install system-deps
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest
 

@@ -3,4 +3,4 @@
 from maskmatch_hf.train import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,8 +1,8 @@
 """Labeled, unlabeled and evaluation splits for semi-supervised semantic segmentation.
 
 Every source ends as a `datasets` object with the canonical columns `image` and (where masks exist) `label`,
-both cast to `Image(decode=False)`: rows carry file paths or encoded bytes, so decoding happens once, in the
-DataLoader workers (see `data_transforms.py`), and `data_validation.py` can read image headers only.
+both cast to `Image(decode=False)`: rows carry file paths or encoded bytes, decoded where they are used, in the
+DataLoader workers (see `data_transforms.py`) and by the start-up check (`data_validation.py`).
 
 Sources, picked from `DataConfig.dataset_name`:
 
@@ -37,6 +37,9 @@ from datasets import (
     load_dataset,
     load_from_disk,
 )
+from PIL import Image as PILImage
+
+from .errors import MaskMatchUsageError
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +65,8 @@ CAMVID_ID2LABEL = {
 }
 
 
-class DataValidationError(ValueError):
-    """A problem with the data found before training starts; the message names the file or row."""
+class DataValidationError(MaskMatchUsageError):
+    """A problem with the data, found before training starts where possible; the message names the file or row."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,15 @@ class LabelMapping:
         for raw, label in self.label_map.items():
             mapped[labels == raw] = label
         return mapped
+
+    def describe(self) -> str:
+        """Which raw mask values are left out of losses and metrics, for the log."""
+        void = sorted(raw for raw, label in self.label_map.items() if label == self.ignore_index)
+        ignored = [f"mask value {raw} (void label)" for raw in void] + [f"mask value {self.ignore_index}"]
+        if self.do_reduce_labels:
+            ignored.append("mask value 0 (reduced labels)")
+        note = "" if void or self.do_reduce_labels else "; set `void_label` if the dataset has a void class"
+        return f"ignored as {self.ignore_index}: {', '.join(ignored)}{note}"
 
 
 @dataclass
@@ -182,9 +194,28 @@ def find_paired_folders(root: str | Path) -> dict[str, tuple[Path, Path]]:
     return pairs
 
 
-def is_camvid(root: str | Path) -> bool:
-    """CamVid is recognised by name in the SegNet layout, the way it is distributed."""
-    return "camvid" in Path(root).resolve().name.lower() and bool(find_paired_folders(root))
+def is_camvid(root: str | Path, num_masks: int = 8) -> bool:
+    """CamVid in the SegNet layout: recognised by its folder name, or by its label values (classes 0-10 and the
+    void label 11, found on `num_masks` masks spread over its first split) whatever the folder is called."""
+    pairs = find_paired_folders(root)
+    if not pairs:
+        return False
+    if "camvid" in Path(root).resolve().name.lower():
+        return True
+    _, mask_dir = pairs.get("train", next(iter(pairs.values())))
+    masks = sorted(p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not masks:
+        return False
+    values: set[int] = set()
+    for index in np.unique(np.linspace(0, len(masks) - 1, num_masks).round().astype(int)):
+        try:
+            with PILImage.open(masks[index]) as mask:
+                if mask.mode not in ("L", "P", "I", "I;16"):
+                    return False
+                values.update(np.unique(np.asarray(mask)).tolist())
+        except OSError:
+            return False  # unreadable masks are reported, with their names, by the start-up check
+    return max(values) == CAMVID_VOID_LABEL
 
 
 def paired_folder_dataset(image_dir: str | Path, mask_dir: str | Path) -> Dataset:
@@ -215,7 +246,10 @@ def load_source(
     elif pairs := find_paired_folders(path):
         splits = DatasetDict({split: paired_folder_dataset(*dirs) for split, dirs in pairs.items()})
     else:
-        return load_dataset(name, config_name, streaming=streaming, cache_dir=cache_dir)
+        try:
+            return load_dataset(name, config_name, streaming=streaming, cache_dir=cache_dir)
+        except OSError as error:  # not found, unreachable Hub, unreadable files
+            raise DataValidationError(f"Cannot load dataset {name}: {error}") from error
     if streaming:
         return IterableDatasetDict({split: _to_stream(ds) for split, ds in splits.items()})
     return splits
@@ -273,6 +307,8 @@ def _is_mask_feature(feature) -> bool:
 
 def read_id_list(path: str | Path) -> list[str]:
     """Reads one id per line, skipping blank lines."""
+    if not Path(path).is_file():
+        raise DataValidationError(f"Id list {path} not found.")
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
@@ -306,7 +342,7 @@ def select_ids(dataset: Dataset, ids: list[str], id_column: str | None, source: 
 def split_by_fraction(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Draws `fraction` of the rows as labeled (at least one) and returns (labeled, the rest), seeded."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"`labeled_fraction` must be in (0, 1], got {fraction}.")
+        raise MaskMatchUsageError(f"`labeled_fraction` must be in (0, 1], got {fraction}.")
     order = np.random.default_rng(seed).permutation(len(dataset))
     num_labeled = max(1, round(fraction * len(dataset)))
     return dataset.select(np.sort(order[:num_labeled])), dataset.select(np.sort(order[num_labeled:]))
@@ -320,9 +356,9 @@ def read_json_argument(value: str | None) -> dict[str, Any]:
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"Expected a JSON object or a JSON file, got {value!r}: {error}") from error
+        raise MaskMatchUsageError(f"Expected a JSON object or a JSON file, got {value!r}: {error}") from error
     if not isinstance(parsed, dict):
-        raise ValueError(f"Expected a JSON object, got {value!r}.")
+        raise MaskMatchUsageError(f"Expected a JSON object, got {value!r}.")
     return parsed
 
 
@@ -370,7 +406,7 @@ def load_segmentation_data(config: DataConfig) -> SegmentationData:
     labeled (or `unlabeled_ids`), else none. Raises `DataValidationError` for unknown splits, columns or ids.
     """
     if config.labeled_ids and config.labeled_fraction is not None:
-        raise ValueError("Pass either `labeled_ids` or `labeled_fraction`, not both.")
+        raise MaskMatchUsageError("Pass either `labeled_ids` or `labeled_fraction`, not both.")
     camvid = is_camvid(config.dataset_name)
     splits = load_source(config.dataset_name, config.dataset_config_name, cache_dir=config.cache_dir)
     train_source = f"split {config.train_split!r} of {config.dataset_name}"
@@ -412,7 +448,9 @@ def _load_unlabeled(
     """The unlabeled set and a description of where it comes from."""
     if config.unlabeled_dataset_name or config.unlabeled_split:
         if config.streaming and config.unlabeled_ids:
-            raise ValueError("`unlabeled_ids` needs a map-style unlabeled set: drop `streaming` or the id list.")
+            raise MaskMatchUsageError(
+                "`unlabeled_ids` needs a map-style unlabeled set: drop `streaming` or the id list."
+            )
         name = config.unlabeled_dataset_name or config.dataset_name
         config_name = (
             config.unlabeled_dataset_config_name if config.unlabeled_dataset_name else config.dataset_config_name

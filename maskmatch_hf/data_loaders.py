@@ -40,6 +40,7 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, Sampler, get_worker_info
 
 from .data import DataValidationError
+from .errors import MaskMatchUsageError
 
 Transform = Callable[[dict[str, Any], int], dict[str, torch.Tensor]]
 
@@ -67,6 +68,12 @@ def collate_segmentation(samples: list[dict[str, torch.Tensor]], ignore_index: i
     return batch
 
 
+def check_batch_size(batch_size: int) -> None:
+    """A batch of fewer than one sample is never complete: fail instead of waiting for it forever."""
+    if batch_size < 1:
+        raise MaskMatchUsageError(f"The batch size must be at least 1, got {batch_size}.")
+
+
 class InfiniteShardedBatchSampler(Sampler[list[tuple[int, int]]]):
     """Yields this rank's batches of `(index, sample_seed)` forever, starting at batch `start_step`."""
 
@@ -75,6 +82,7 @@ class InfiniteShardedBatchSampler(Sampler[list[tuple[int, int]]]):
     ):
         if num_samples == 0:
             raise DataValidationError("Cannot sample batches from an empty dataset.")
+        check_batch_size(batch_size)
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
@@ -133,6 +141,7 @@ class StreamingBatches(torch.utils.data.IterableDataset):
         shuffle_buffer_size: int = 1000,
         collate_fn: Callable[[list[dict[str, torch.Tensor]]], dict[str, torch.Tensor]] = collate_segmentation,
     ):
+        check_batch_size(batch_size)
         self.dataset = dataset
         self.batch_size = batch_size
         self.transform = transform

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
 
-from .data import IMAGE_COLUMN, LABEL_COLUMN, LabelMapping
+from .data import IMAGE_COLUMN, LABEL_COLUMN, DataValidationError, LabelMapping
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,10 +31,29 @@ def open_image(value: Any) -> PIL.Image.Image:
     return PIL.Image.open(value)
 
 
-def open_label(value: Any) -> PIL.Image.Image:
-    """A mask cell as a single-channel PIL image; masks stored as integer arrays are accepted too."""
+def describe_cell(value: Any, fallback: str) -> str:
+    """The file name of an image cell, or `fallback` (e.g. "row 3 of ...") when it has none."""
+    path = value.get("path") if isinstance(value, dict) else getattr(value, "filename", None)
+    if isinstance(value, (str, Path)):
+        path = str(value)
+    return path or fallback
+
+
+def decode_image(value: Any, kind: str = "image", fallback: str = "(no file name)") -> PIL.Image.Image:
+    """Opens and fully decodes an image cell; a missing, unknown or truncated file raises `DataValidationError`
+    naming it (`kind` and, for cells without a file name, `fallback` describe it)."""
+    try:
+        image = open_image(value)
+        image.load()
+    except (OSError, ValueError) as error:  # missing file, unknown format, truncated data
+        raise DataValidationError(f"Unreadable {kind} {describe_cell(value, fallback)}: {error}") from error
+    return image
+
+
+def decode_label(value: Any, fallback: str = "(no file name)") -> PIL.Image.Image:
+    """A mask cell as a decoded single-channel PIL image; masks stored as integer arrays are accepted too."""
     if isinstance(value, (dict, str, PIL.Image.Image)):
-        return open_image(value)
+        return decode_image(value, "mask", fallback)
     return PIL.Image.fromarray(np.asarray(value, dtype=np.int32))
 
 
@@ -93,9 +113,9 @@ class WeakAugmentation:
     def __call__(self, example: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng(seed)
         crop_h, crop_w = (self.crop_size, self.crop_size) if isinstance(self.crop_size, int) else self.crop_size
-        image = open_image(example[IMAGE_COLUMN])
+        image = decode_image(example[IMAGE_COLUMN])
         label = example.get(LABEL_COLUMN)
-        label = None if label is None else open_label(label)
+        label = None if label is None else decode_label(label)
 
         # A fixed number of draws, in a fixed order, whatever the image: the view is a function of `seed`.
         ratio = rng.uniform(*self.scale_range)
@@ -138,11 +158,11 @@ class EvalTransform:
     label_mapping: LabelMapping = field(default_factory=LabelMapping)
 
     def __call__(self, example: dict[str, Any], seed: int | None = None) -> dict[str, torch.Tensor]:
-        image = open_image(example[IMAGE_COLUMN])
+        image = decode_image(example[IMAGE_COLUMN])
         size = self.resize(image.size) if self.resize else image.size
         pixel_values = _normalize(image.resize(size, PIL.Image.BILINEAR), self.image_mean, self.image_std)
         outputs = {"pixel_values": _to_tensor(pixel_values)}
         if example.get(LABEL_COLUMN) is not None:
-            label = open_label(example[LABEL_COLUMN]).resize(size, PIL.Image.NEAREST)
+            label = decode_label(example[LABEL_COLUMN]).resize(size, PIL.Image.NEAREST)
             outputs["labels"] = torch.from_numpy(self.label_mapping(np.asarray(label)))
         return outputs

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
+from .errors import MaskMatchUsageError, report_usage_errors
+
 # What a release holds: weights, configs, remote code (model, config, pipeline), card, plot and results.
 RELEASE_PATTERNS = ("*.safetensors", "*.json", "*.py", "README.md", "training_curves.png")
 REQUIRED_FILES = ("config.json", "model.safetensors", "README.md")
@@ -23,12 +25,12 @@ def stage_release(output_dir: str | Path, staging_dir: str | Path) -> list[str]:
     """Copy the files of `output_dir` that make up the release into `staging_dir`; returns their names.
 
     Training states (`step_*`), the intermediate `best_model` copy and tracker logs live in subfolders and are
-    left out. Raises `FileNotFoundError` naming what is missing when `output_dir` is not a finished run.
+    left out. Raises `MaskMatchUsageError` naming what is missing when `output_dir` is not a finished run.
     """
     output_dir, staging_dir = Path(output_dir), Path(staging_dir)
     missing = [name for name in REQUIRED_FILES if not (output_dir / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{output_dir} is not a finished training output: missing {', '.join(missing)}.")
+        raise MaskMatchUsageError(f"{output_dir} is not a finished training output: missing {', '.join(missing)}.")
     names = sorted({path.name for pattern in RELEASE_PATTERNS for path in output_dir.glob(pattern) if path.is_file()})
     staging_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -52,6 +54,7 @@ def push_output_dir(
     return commit.commit_url
 
 
+@report_usage_errors
 def main(argv: Sequence[str] | None = None) -> None:
     """`maskmatch-push`: upload a finished training output dir (or list what would be uploaded)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -71,4 +74,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

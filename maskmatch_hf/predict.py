@@ -37,6 +37,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATI
 from . import MaskMatchConfig  # noqa: F401  (registers MaskMatch with the auto classes)
 from .configuration_maskmatch import IMAGENET_MEAN, IMAGENET_STD
 from .data import IMAGE_EXTENSIONS
+from .errors import MaskMatchUsageError, check_local_or_hub, report_usage_errors
 from .pipeline_maskmatch import (
     colorize,
     label_map_at_size,
@@ -174,8 +175,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--trust_remote_code", action="store_true", help="Allow model code shipped with the checkpoint to run."
     )
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or min(args.scales) <= 0:
-        parser.error("--batch_size must be at least 1 and every --scales value positive.")
+    if args.batch_size < 1 or not min(args.scales) > 0:
+        raise MaskMatchUsageError("--batch_size must be at least 1 and every --scales value positive.")
     return args
 
 
@@ -190,12 +191,15 @@ def write_prediction(
         Image.fromarray(ids).save(f"{output_stem}_labels.png")
 
 
+@report_usage_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """`maskmatch-predict`: returns 0, or 1 when any input could not be read, or 2 when the model cannot be loaded."""
+    """`maskmatch-predict`: returns 0; 1 for a bad flag or when any input could not be read (the others are still
+    written); 2 when the model cannot be loaded (including a local path that does not exist)."""
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
+        check_local_or_hub(args.model, "--model")
         model, image_processor = load_segmenter(args.model, device, DTYPES.get(args.dtype), args.trust_remote_code)
     except (OSError, ValueError) as error:
         logger.error("Cannot load the model: %s", error)

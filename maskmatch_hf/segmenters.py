@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig, ResNetConfig, SegformerConfig, UperNetConfig
 
 from .configuration_efficientnet_lite import EfficientNetLiteConfig
 from .configuration_maskmatch import MaskMatchConfig
+from .errors import MaskMatchUsageError, check_local_or_hub
 from .modeling_maskmatch import MaskMatchForSemanticSegmentation
 
 logger = logging.getLogger(__name__)
@@ -61,6 +65,47 @@ def new_segmenter_config(
     raise ValueError(f"`segmenter` must be 'segformer' or 'upernet', got {segmenter!r}.")
 
 
+def load_pretrained_config(model_name_or_path: str) -> PreTrainedConfig:
+    """The config of the checkpoint a run starts from; a path or repo that cannot be read is a user error."""
+    check_local_or_hub(model_name_or_path, "--model_name_or_path")
+    try:
+        return AutoConfig.from_pretrained(model_name_or_path)
+    except OSError as error:
+        where = "" if Path(model_name_or_path).exists() else "no such local path, and as a Hub repo id: "
+        raise MaskMatchUsageError(f"--model_name_or_path {model_name_or_path}: {where}{error}") from error
+
+
+def pretrained_id2label(model_name_or_path: str | None) -> dict[int, str] | None:
+    """The class names of a checkpoint, or None without one (or with transformers' placeholders `LABEL_<i>`)."""
+    if not model_name_or_path:
+        return None
+    id2label = {int(i): name for i, name in load_pretrained_config(model_name_or_path).id2label.items()}
+    if all(re.fullmatch(r"LABEL_\d+", name) for name in id2label.values()):
+        return None
+    return id2label
+
+
+def minimum_input_side(segmenter_config: PreTrainedConfig) -> int:
+    """The smallest image side, in pixels, the segmenter accepts.
+
+    SegFormer's spatial-reduction convolutions (kernel `sr_ratio`) need at least `sr_ratio` pixels at their stage;
+    the other segmenters take any size.
+    """
+    if not isinstance(segmenter_config, SegformerConfig):
+        return 1
+
+    def fits(side: int) -> bool:
+        for patch_size, stride, sr_ratio in zip(
+            segmenter_config.patch_sizes, segmenter_config.strides, segmenter_config.sr_ratios
+        ):
+            side = (side + 2 * (patch_size // 2) - patch_size) // stride + 1  # overlapping patch embedding
+            if side < sr_ratio:
+                return False
+        return True
+
+    return next(side for side in itertools.count(1) if fits(side))
+
+
 def load_model_for_training(
     model_name_or_path: str | None,
     id2label: dict[int, str],
@@ -81,7 +126,7 @@ def load_model_for_training(
     """
     label_kwargs = {"id2label": id2label, "label2id": {name: i for i, name in id2label.items()}}
     if model_name_or_path:
-        config = AutoConfig.from_pretrained(model_name_or_path)
+        config = load_pretrained_config(model_name_or_path)
         if isinstance(config, MaskMatchConfig):
             # A new config (not from_pretrained kwargs, which are set after construction) so that the labels
             # reach the nested segmenter config and the hyperparameters are validated.

@@ -27,6 +27,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
+from accelerate.utils.constants import OPTIMIZER_NAME, RNG_STATE_NAME, SAFE_WEIGHTS_NAME, SCHEDULER_NAME, WEIGHTS_NAME
 from tqdm.auto import tqdm
 from transformers import SegformerImageProcessorPil, get_scheduler
 
@@ -35,16 +36,54 @@ from .data import DataConfig, load_segmentation_data, read_json_argument
 from .data_loaders import eval_dataloader, infinite_dataloader, sample_seed
 from .data_transforms import EvalTransform, Resize, WeakAugmentation
 from .data_validation import validate_segmentation_data
+from .errors import MaskMatchUsageError, check_local_or_hub, report_usage_errors
 from .metrics import SegmentationMetric
 from .modeling_maskmatch import MaskMatchForSemanticSegmentation
 from .objective import MaskMatchObjective
 from .pipeline_maskmatch import save_pipeline
 from .reporting import TrainingHistory, plot_training_curves, write_model_card
-from .segmenters import BACKBONES, SEGFORMER_VARIANTS, load_model_for_training
+from .segmenters import (
+    BACKBONES,
+    SEGFORMER_VARIANTS,
+    load_model_for_training,
+    minimum_input_side,
+    pretrained_id2label,
+)
 
 logger = get_logger(__name__)
 
 CHECKPOINT_PREFIX = "step_"
+BEST_MODEL_DIR = "best_model"
+# Written into a training state after `accelerator.save_state` returns: a state without it was cut short.
+STATE_MARKER = "history.json"
+# What `accelerator.save_state` writes for this trainer (weights in either format), plus the marker.
+STATE_FILES = (f"{OPTIMIZER_NAME}.bin", f"{SCHEDULER_NAME}.bin", "custom_checkpoint_0.pkl", STATE_MARKER)
+# Flags that must be positive, or non-negative, when set.
+POSITIVE_FLAGS = (
+    "max_train_steps",
+    "per_device_train_batch_size",
+    "per_device_unlabeled_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "crop_size",
+    "scale_range",
+    "learning_rate",
+    "head_learning_rate_multiplier",
+    "checkpointing_steps",
+    "eval_steps",
+    "eval_scales",
+    "logging_steps",
+    "validation_samples",
+    "upernet_hidden_size",
+)
+NON_NEGATIVE_FLAGS = (
+    "weight_decay",
+    "poly_power",
+    "num_warmup_steps",
+    "checkpoints_total_limit",
+    "dataloader_num_workers",
+    "seed",
+)
 DEFAULT_WARMUP = 0.05
 # MaskMatch hyperparameters settable from the command line (every field of MaskMatchConfig but the nested ones).
 MASKMATCH_FIELDS = [
@@ -126,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", required=True)
+    train.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Start from step 0 in a non-empty --output_dir, deleting its training states and best model.",
+    )
     train.add_argument("--max_train_steps", type=int, default=1000)
     train.add_argument("--per_device_train_batch_size", type=int, default=8)
     train.add_argument("--per_device_unlabeled_batch_size", type=int, help="Default: the labeled batch size.")
@@ -143,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Linear LR warmup: a number of steps, or a fraction of --max_train_steps when below 1.",
     )
     train.add_argument("--checkpointing_steps", type=int, help="Save the training state every N steps.")
-    train.add_argument("--checkpoints_total_limit", type=int, default=2, help="Training states kept.")
+    train.add_argument("--checkpoints_total_limit", type=int, default=2, help="Training states kept (0: all).")
     train.add_argument("--resume_from_checkpoint", help="'latest' or a step_N directory.")
     train.add_argument("--eval_steps", type=int, help="Evaluate every N steps (and always at the end).")
     train.add_argument("--eval_scales", type=float, nargs="+", default=[1.0], help="Multi-scale evaluation.")
@@ -178,11 +222,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         for action in parser._actions:
             action.required = action.required and action.dest not in values
     args = parser.parse_args(argv)
-    if args.max_train_steps <= 0:
-        parser.error("--max_train_steps must be positive")
     if args.push_to_hub and not args.hub_model_id:
         args.hub_model_id = Path(args.output_dir).name
     return args
+
+
+def validate_arguments(args: argparse.Namespace) -> None:
+    """Checks flag values and the paths they name before anything is loaded; raises `MaskMatchUsageError`."""
+    for name in POSITIVE_FLAGS + NON_NEGATIVE_FLAGS:
+        value = getattr(args, name)
+        positive = name in POSITIVE_FLAGS
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is not None and not (item > 0 if positive else item >= 0):  # NaN fails both
+                kind = "positive" if positive else "non-negative"
+                raise MaskMatchUsageError(f"--{name} must be {kind}, got {item}.")
+    if args.scale_range[0] > args.scale_range[1]:
+        raise MaskMatchUsageError(f"--scale_range must be (min, max) with min <= max, got {list(args.scale_range)}.")
+    if args.resize is not None:
+        value = args.resize.shorter_side if args.resize.shorter_side is not None else args.resize.scale
+        if not value > 0:
+            raise MaskMatchUsageError(f"--resize must be positive, got {value}.")
+    try:
+        MaskMatchConfig(**maskmatch_overrides(args))
+    except ValueError as error:
+        raise MaskMatchUsageError(f"Invalid MaskMatch setting: {error}") from error
+    for name in ("model_name_or_path", "dataset_name", "unlabeled_dataset_name"):
+        if getattr(args, name):
+            check_local_or_hub(getattr(args, name), f"--{name}")
 
 
 def maskmatch_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -230,23 +296,122 @@ def build_scheduler(
     )
 
 
-def find_checkpoint(output_dir: str, resume_from_checkpoint: str) -> tuple[Path, int] | None:
-    """The training-state directory to resume from and its step; `latest` may find none."""
-    if resume_from_checkpoint != "latest":
+def training_states(directory: str | Path) -> list[tuple[int, Path]]:
+    """The `step_N` training states in `directory`, as (step, path), oldest first."""
+    states = []
+    for path in Path(directory).glob(f"{CHECKPOINT_PREFIX}*"):
+        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
+        if match and path.is_dir():
+            states.append((int(match.group(1)), path))
+    return sorted(states)
+
+
+def missing_state_files(path: Path, process_index: int = 0) -> list[str]:
+    """The files of a complete training state that `path` lacks."""
+    missing = [name for name in STATE_FILES if not (path / name).is_file()]
+    if not (path / f"{RNG_STATE_NAME}_{process_index}.pkl").is_file():
+        missing.append(f"{RNG_STATE_NAME}_{process_index}.pkl")
+    if not any((path / name).is_file() for name in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME)):
+        missing.insert(0, SAFE_WEIGHTS_NAME)
+    return missing
+
+
+def find_checkpoint(
+    output_dir: str | Path, resume_from_checkpoint: str, process_index: int = 0
+) -> tuple[Path, int] | None:
+    """The training-state directory to resume from and its step; `latest` may find none.
+
+    `latest` is the newest state of `output_dir` whose save completed. Raises `MaskMatchUsageError` for a path
+    that is not a `step_N` state, or a state missing files (naming them, and the previous complete state).
+    """
+    if resume_from_checkpoint == "latest":
+        states = [(step, path) for step, path in training_states(output_dir) if (path / STATE_MARKER).exists()]
+        if not states:
+            return None
+        step, path = states[-1]
+    else:
         path = Path(resume_from_checkpoint)
         match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
         if not path.is_dir() or match is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint {path}: not a {CHECKPOINT_PREFIX}N training state.")
-        return path, int(match.group(1))
-    steps = [
-        (int(m.group(1)), p)
-        for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*")
-        if (m := re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", p.name)) and (p / "history.json").exists()
-    ]
-    if not steps:
-        return None
-    step, path = max(steps)
+            raise MaskMatchUsageError(
+                f"--resume_from_checkpoint {path}: not a {CHECKPOINT_PREFIX}N training state directory."
+            )
+        step = int(match.group(1))
+    missing = missing_state_files(path, process_index)
+    if missing:
+        previous = [
+            other
+            for other_step, other in training_states(path.parent)
+            if other_step < step and not missing_state_files(other, process_index)
+        ]
+        hint = (
+            f"resume from the previous one with --resume_from_checkpoint {previous[-1]}"
+            if previous
+            else "no earlier complete state is left; start over with --overwrite_output_dir"
+        )
+        raise MaskMatchUsageError(f"Training state {path} is incomplete (missing {', '.join(missing)}): {hint}.")
     return path, step
+
+
+def prepare_output_dir(args: argparse.Namespace, accelerator: Accelerator) -> tuple[Path, int] | None:
+    """Checks `--output_dir` and the state to resume from before anything is loaded; returns that state.
+
+    A run from step 0 (or resuming a state kept elsewhere) refuses a non-empty output dir unless
+    `--overwrite_output_dir`, which deletes the training states and best model found there: nothing of an earlier
+    run is resumed or released as this run's, and its remaining files are replaced when this run finishes.
+    """
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise MaskMatchUsageError(f"--output_dir {output_dir} is a file, not a directory.")
+    resume = None
+    if args.resume_from_checkpoint:
+        resume = find_checkpoint(output_dir, args.resume_from_checkpoint, accelerator.process_index)
+        if resume is not None and resume[1] > args.max_train_steps:
+            raise MaskMatchUsageError(
+                f"Training state {resume[0]} is at step {resume[1]}, past --max_train_steps {args.max_train_steps}."
+            )
+    resuming_here = resume is not None and resume[0].resolve().parent == output_dir.resolve()
+    contents = sorted(path.name for path in output_dir.iterdir()) if output_dir.is_dir() else []
+    if contents and not resuming_here and not args.overwrite_output_dir:
+        listed = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
+        if args.resume_from_checkpoint == "latest":
+            problem, resume_hint = "holds no complete training state to resume, but is not empty", ""
+        else:
+            problem, resume_hint = "is not empty", " --resume_from_checkpoint latest to continue the run saved there,"
+        raise MaskMatchUsageError(
+            f"--output_dir {output_dir} {problem} ({listed}): pass --overwrite_output_dir to start over in it,"
+            f"{resume_hint} or use another --output_dir."
+        )
+    if args.resume_from_checkpoint and resume is None:
+        accelerator.print(f"No training state in {output_dir}: starting from step 0.")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MaskMatchUsageError(f"--output_dir {output_dir}: cannot create it ({error.strerror}).") from error
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise MaskMatchUsageError(f"--output_dir {output_dir} is not writable.")
+    stale = [path for _, path in training_states(output_dir)] + [output_dir / BEST_MODEL_DIR]
+    stale = [path for path in stale if path.exists()] if contents and not resuming_here else []
+    if stale and accelerator.is_main_process:
+        logger.info("--overwrite_output_dir: deleting %s.", ", ".join(str(path) for path in stale))
+        for path in stale:
+            shutil.rmtree(path)
+    accelerator.wait_for_everyone()
+    return resume
+
+
+def check_crop_size(args: argparse.Namespace, config: MaskMatchConfig) -> int:
+    """Checks that the training crops, at every teacher scale, are large enough for the segmenter; returns the
+    smallest side an evaluation image may have (at `--resize`, before the `--eval_scales`)."""
+    min_side = minimum_input_side(config.segmenter_config)
+    min_scale = min(config.teacher_scales)
+    if round(args.crop_size * min_scale) < min_side:
+        raise MaskMatchUsageError(
+            f"--crop_size {args.crop_size} is too small for this model, which needs images of at least {min_side} "
+            f"px per side (the teacher sees the crops at scale {min_scale}): use --crop_size "
+            f"{math.ceil(min_side / min_scale)} or more."
+        )
+    return math.ceil(min_side / min(args.eval_scales))
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -295,6 +460,7 @@ def save_final_model(
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run training; returns the final results (also written to `all_results.json`)."""
+    validate_arguments(args)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -304,18 +470,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
     output_dir = Path(args.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    resume = prepare_output_dir(args, accelerator)
     set_seed(args.seed)
 
     # Data and model: everything that can be wrong with them fails here, before the first step.
     data_config = DataConfig.from_namespace(args)
     data = load_segmentation_data(data_config)
-    if data.id2label is None:
-        raise ValueError("No class names: pass --id2label (JSON) or use a dataset with a ClassLabel feature.")
+    id2label = data.id2label or pretrained_id2label(args.model_name_or_path)
+    if id2label is None:
+        raise MaskMatchUsageError(
+            "No class names: pass --id2label (JSON or file), use a dataset with a ClassLabel feature, or start from "
+            "a checkpoint that has them (--model_name_or_path)."
+        )
+    logger.info("%d classes (%s); %s.", len(id2label), ", ".join(id2label.values()), data.label_mapping.describe())
     model = load_model_for_training(
         args.model_name_or_path,
-        data.id2label,
+        id2label,
         maskmatch_overrides(args),
         segmenter=args.segmenter,
         segmenter_variant=args.segmenter_variant,
@@ -332,6 +502,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         validation_samples=args.validation_samples,
         require_unlabeled=uses_unlabeled,
         show_progress=accelerator.is_local_main_process,
+        eval_min_side=check_crop_size(args, config),
+        eval_resize=args.resize,
     )
 
     objective = MaskMatchObjective(model)
@@ -341,12 +513,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     history = TrainingHistory()
     accelerator.register_for_checkpointing(history)
 
-    start_step = 0
-    resume = find_checkpoint(args.output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
-    if resume is not None:
-        start_step = resume[1]
-    elif args.resume_from_checkpoint:
-        accelerator.print(f"No training state in {args.output_dir}: starting from step 0.")
+    start_step = resume[1] if resume is not None else 0
 
     # Loaders are pure functions of (seed, rank, step): they start at `start_step` without replaying data.
     # They are built (their iterators draw from the global RNG) before `load_state` restores the RNG.
@@ -409,7 +576,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     unwrapped = accelerator.unwrap_model(objective)
     student = unwrapped.student
-    best_dir = output_dir / "best_model"
+    best_dir = output_dir / BEST_MODEL_DIR
     progress = tqdm(
         range(args.max_train_steps), initial=start_step, desc="train", disable=not accelerator.is_local_main_process
     )
@@ -476,13 +643,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def prune_checkpoints(output_dir: Path, keep: int) -> None:
-    """Delete all but the `keep` newest training states."""
-    states = sorted(
-        (int(p.name[len(CHECKPOINT_PREFIX) :]), p)
-        for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
-        if p.name[len(CHECKPOINT_PREFIX) :].isdigit()
-    )
-    for _, path in states[:-keep] if keep > 0 else []:
+    """Delete all but the `keep` newest training states (all are kept when `keep` is 0)."""
+    for _, path in training_states(output_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -516,7 +678,9 @@ def finish(
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+@report_usage_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    """`maskmatch-train`: 0 on success; bad input prints `error: <message>` and gives 1 (bugs keep a traceback)."""
     args = parse_args(argv)
     results = train(args)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -524,7 +688,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         summary = f"val mIoU {100 * best:.2f} (step {results['best_step']})" if best is not None else "no eval set"
         print(f"\n{summary}\nmodel, model card and training curves: {Path(args.output_dir).resolve()}")
         sys.stdout.flush()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import maskmatch_hf.hub as hub
+from maskmatch_hf.errors import MaskMatchUsageError
 from maskmatch_hf.train import main as train_main
 
 from .conftest import make_camvid_like, train_argv
@@ -69,10 +70,12 @@ def test_push_is_one_commit_that_keeps_our_model_card(trained_checkpoint, record
     assert "pipeline_tag: image-segmentation" in card and "MaskMatch" in card
 
 
-def test_unfinished_output_dir_is_refused(tmp_path):
+def test_unfinished_output_dir_is_refused(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(MaskMatchUsageError, match="model.safetensors"):
         hub.stage_release(tmp_path, tmp_path / "staged")
+    assert hub.main(["--output_dir", str(tmp_path), "--dry_run"]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path} is not a finished training output")
 
 
 def test_push_command_dry_run_lists_files(trained_checkpoint, capsys, recording_api):
