@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
+from datasets import IterableDataset
 from tqdm.auto import tqdm
 from transformers import SegformerImageProcessorPil, get_scheduler
 
@@ -33,11 +35,12 @@ from .configuration_maskmatch import PRESETS, MaskMatchConfig
 from .data import DataConfig, load_segmentation_data, read_json_argument
 from .data_loaders import eval_dataloader, infinite_dataloader, sample_seed
 from .data_transforms import EvalTransform, Resize, WeakAugmentation
-from .data_validation import validate_segmentation_data
-from .metrics import SegmentationMetric
+from .data_validation import check_example, validate_segmentation_data
+from .evaluation import evaluate_segmenter
 from .modeling_maskmatch import MaskMatchForSemanticSegmentation
 from .objective import MaskMatchObjective
 from .pipeline_maskmatch import save_pipeline
+from .predict import add_window_arguments, check_window_arguments
 from .reporting import TrainingHistory, plot_training_curves, write_model_card
 from .segmenters import BACKBONES, SEGFORMER_VARIANTS, load_model_for_training
 
@@ -58,12 +61,6 @@ def _str2bool(value: str) -> bool:
     if value.lower() in ("0", "false", "no", "n"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
-
-
-def _scale_or_size(value: str) -> Resize:
-    """`--resize 180` (shorter side in pixels) or `--resize 0.5` (scale factor)."""
-    number = float(value)
-    return Resize(shorter_side=int(number)) if number.is_integer() and number >= 8 else Resize(scale=number)
 
 
 def _convert(action: argparse.Action, value: Any) -> Any:
@@ -91,19 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     data = parser.add_argument_group("data")
-    for field in dataclasses.fields(DataConfig):
-        kwargs: dict[str, Any] = {"help": field.metadata.get("help")}
-        if field.type in ("bool", bool):
-            kwargs.update(action="store_true")
-        else:
-            kwargs.update(
-                type={"int": int, "float": float, "int | None": int, "float | None": float}.get(str(field.type), str)
-            )
-        if field.default is not dataclasses.MISSING:
-            kwargs["default"] = field.default
-        data.add_argument(f"--{field.name}", **kwargs)
+    DataConfig.add_arguments(data)
     data.add_argument("--crop_size", type=int, default=512, help="Side of the square training crops.")
-    data.add_argument("--resize", type=_scale_or_size, help="Shorter side in px (e.g. 180) or scale (e.g. 0.5).")
+    data.add_argument("--resize", type=Resize.from_flag, help="Shorter side in px (e.g. 180) or scale (e.g. 0.5).")
     data.add_argument("--scale_range", type=float, nargs=2, default=(0.5, 2.0), help="Random rescale range.")
     data.add_argument("--validation_samples", type=int, default=2000, help="Rows checked per split before training.")
     data.add_argument("--dataloader_num_workers", type=int, default=0)
@@ -141,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval_steps", type=int, help="Evaluate every N steps (and always at the end).")
     train.add_argument("--eval_scales", type=float, nargs="+", default=[1.0], help="Multi-scale evaluation.")
     train.add_argument("--eval_flip", action="store_true", help="Average flipped predictions at evaluation.")
+    add_window_arguments(train, prefix="eval_")
     train.add_argument("--logging_steps", type=int, default=10)
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="Default: accelerate config.")
@@ -175,6 +163,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--max_train_steps must be positive")
     if args.push_to_hub and not args.hub_model_id:
         args.hub_model_id = Path(args.output_dir).name
+    check_window_arguments(parser, args, prefix="eval_")
     return args
 
 
@@ -216,27 +205,6 @@ def find_checkpoint(output_dir: str, resume_from_checkpoint: str) -> tuple[Path,
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-
-
-@torch.no_grad()
-def evaluate(
-    model: MaskMatchForSemanticSegmentation,
-    loader: torch.utils.data.DataLoader,
-    accelerator: Accelerator,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-) -> dict[str, Any]:
-    """mIoU of `model` on this rank's share of the eval set, summed over ranks."""
-    was_training = model.training
-    model.eval()
-    metric = SegmentationMetric(model.config.num_labels, ignore_index=model.config.ignore_index)
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
-        batch = to_device(batch, accelerator.device)
-        with accelerator.autocast():
-            probabilities = model.ensemble_probabilities(batch["pixel_values"], scales=scales, flip=flip)
-        metric.update(probabilities.argmax(dim=1), batch["labels"], accelerator=accelerator)
-    model.train(was_training)
-    return metric.compute()
 
 
 def save_final_model(
@@ -340,9 +308,26 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "resize": args.resize,
         "label_mapping": data.label_mapping,
     }
+    # Up front only the first rows of a stream could be checked: the rest are checked as they are read.
+    checks = {
+        key: functools.partial(
+            check_example,
+            num_labels=config.num_labels,
+            label_mapping=data.label_mapping,
+            require_label=key != "unlabeled",
+        )
+        if isinstance(dataset, IterableDataset)
+        else None
+        for key, dataset in (("labeled", data.labeled), ("unlabeled", data.unlabeled), ("eval", data.eval))
+    }
     labeled_batches: Iterator[dict[str, torch.Tensor]] = iter(
         infinite_dataloader(
-            data.labeled, args.per_device_train_batch_size, WeakAugmentation(**weak), seed=args.seed, **loader_kwargs
+            data.labeled,
+            args.per_device_train_batch_size,
+            WeakAugmentation(**weak),
+            seed=args.seed,
+            check_example=checks["labeled"],
+            **loader_kwargs,
         )
     )
     unlabeled_batches = None
@@ -353,6 +338,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 args.per_device_unlabeled_batch_size or args.per_device_train_batch_size,
                 WeakAugmentation(**weak, return_pixel_mask=True),
                 seed=args.seed + 1,
+                check_example=checks["unlabeled"],
                 **loader_kwargs,
             )
         )
@@ -368,7 +354,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             accelerator.process_index,
             accelerator.num_processes,
             args.dataloader_num_workers,
-            config.ignore_index,
+            pin_memory=loader_kwargs["pin_memory"],
+            check_example=checks["eval"],
         )
 
     if resume is not None:
@@ -417,7 +404,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
         last = completed == args.max_train_steps
         if eval_loader is not None and (last or (args.eval_steps and completed % args.eval_steps == 0)):
-            scores = evaluate(student, eval_loader, accelerator, args.eval_scales, args.eval_flip)
+            scores = evaluate_segmenter(
+                student,
+                eval_loader,
+                accelerator,
+                args.eval_scales,
+                args.eval_flip,
+                args.eval_window_size,
+                args.eval_window_stride,
+                config.ignore_index,
+                show_progress=accelerator.is_local_main_process,
+            )
             improved = history.log_eval(completed, scores)
             progress.set_postfix(history.postfix())
             if args.with_tracking:
@@ -467,7 +464,8 @@ def finish(
         model = MaskMatchForSemanticSegmentation.from_pretrained(best_dir) if best_dir.exists() else student
         eval_size = None
         if data.eval is not None and args.resize is not None:
-            eval_size = tuple(eval_transform(data.eval[0])["pixel_values"].shape[-2:])
+            first = next(iter(data.eval)) if isinstance(data.eval, IterableDataset) else data.eval[0]
+            eval_size = tuple(eval_transform(first)["pixel_values"].shape[-2:])
         save_final_model(model, output_dir, args.crop_size, eval_size)
         (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
         plot_training_curves(history, output_dir / "training_curves.png")
