@@ -51,8 +51,6 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 __all__ = [
-    "add_window_arguments",
-    "check_window_arguments",
     "colorize",
     "label_palette",
     "legend",
