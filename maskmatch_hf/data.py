@@ -397,6 +397,7 @@ def load_segmentation_data(config: DataConfig) -> SegmentationData:
     """
     if config.labeled_ids and config.labeled_fraction is not None:
         raise ValueError("Pass either `labeled_ids` or `labeled_fraction`, not both.")
+    camvid = is_camvid(config.dataset_name)
     if config.streaming_labeled and (
         config.labeled_ids or config.labeled_fraction is not None or config.unlabeled_ids
     ):
@@ -405,7 +406,6 @@ def load_segmentation_data(config: DataConfig) -> SegmentationData:
             "(`train_split`, `unlabeled_split`, `unlabeled_dataset_name`), not with `labeled_ids`, "
             "`labeled_fraction` or `unlabeled_ids`."
         )
-    camvid = is_camvid(config.dataset_name)
     splits = load_source(config.dataset_name, config.dataset_config_name, config.streaming_labeled, config.cache_dir)
     raw_train = _get_split(splits, config.train_split, config.dataset_name)
     train, train_source = _labeled_split(splits, config.train_split, config)

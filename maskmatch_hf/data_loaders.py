@@ -76,14 +76,6 @@ def collate_segmentation(samples: list[dict[str, torch.Tensor]], ignore_index: i
     return batch
 
 
-def collate_by_size(samples: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-    """Stacks samples of the same image size together: one batch per size, sizes in order of first appearance."""
-    groups: dict[tuple[int, ...], list[dict[str, torch.Tensor]]] = {}
-    for sample in samples:
-        groups.setdefault(tuple(sample["pixel_values"].shape), []).append(sample)
-    return [{key: torch.stack([s[key] for s in group]) for key in group[0]} for group in groups.values()]
-
-
 class InfiniteShardedBatchSampler(Sampler[list[tuple[int, int]]]):
     """Yields this rank's batches of `(index, sample_seed)` forever, starting at batch `start_step`."""
 
@@ -265,6 +257,14 @@ def infinite_dataloader(
         collate_fn=collate_fn,
         pin_memory=pin_memory,
     )
+
+
+def collate_by_size(samples: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """Stacks samples of the same image size together: one batch per size, sizes in order of first appearance."""
+    groups: dict[tuple[int, ...], list[dict[str, torch.Tensor]]] = {}
+    for sample in samples:
+        groups.setdefault(tuple(sample["pixel_values"].shape), []).append(sample)
+    return [{key: torch.stack([s[key] for s in group]) for key in group[0]} for group in groups.values()]
 
 
 def eval_dataloader(
