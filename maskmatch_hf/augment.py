@@ -87,13 +87,16 @@ def strong_augment(
     jitter = _bernoulli(color_jitter_prob, batch, generator, device)
 
     def factors(strength: float, center: float = 1.0) -> torch.Tensor:
-        drawn = _uniform(center - strength, center + strength, batch, generator, device).clamp_min(0)
+        """Per-image draws in `[center - strength, center + strength]` (`center` where not jittered)."""
+        drawn = _uniform(center - strength, center + strength, batch, generator, device)
         return _per_image(torch.where(jitter, drawn, torch.full_like(drawn, center)))
 
-    images = (images * factors(brightness)).clamp(0, 1)
+    # Brightness, contrast and saturation scale the image: their factors are non-negative, as in torchvision.
+    images = (images * factors(brightness).clamp_min(0)).clamp(0, 1)
     gray_mean = grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
-    images = torch.lerp(gray_mean.expand_as(images), images, factors(contrast)).clamp(0, 1)
-    images = torch.lerp(grayscale(images).expand_as(images), images, factors(saturation)).clamp(0, 1)
+    images = torch.lerp(gray_mean.expand_as(images), images, factors(contrast).clamp_min(0)).clamp(0, 1)
+    images = torch.lerp(grayscale(images).expand_as(images), images, factors(saturation).clamp_min(0)).clamp(0, 1)
+    # Hue rotates both ways: a signed fraction of a turn in [-hue, hue].
     images = rotate_hue(images, factors(hue, center=0.0).view(-1)).clamp(0, 1)
 
     to_gray = _per_image(_bernoulli(grayscale_prob, batch, generator, device))

@@ -17,6 +17,7 @@ from .configuration_efficientnet_lite import EfficientNetLiteConfig  # noqa: F40
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TEACHERS = ("shared", "ema")
+CLASS_THRESHOLDS = ("fixed", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,16 @@ class MaskMatchConfig(PreTrainedConfig):
             Also average horizontally flipped predictions in the teacher ensemble.
         confidence_threshold (`float`, defaults to 0.95):
             Pseudo-labels count only where the teacher's max probability reaches this value.
+        class_thresholds (`str`, defaults to `"adaptive"`):
+            `fixed`: every class uses `confidence_threshold`. `adaptive`: class `c` uses
+            `confidence_threshold * m_c / max_k m_k`, where `m_c` is the running mean confidence of the
+            teacher's pixels predicted as `c` (FreeMatch-style self-adaptive class thresholds), so classes the
+            teacher is still unsure of get pseudo-labels before their confidence reaches the global threshold.
+        class_threshold_momentum (`float`, defaults to 0.99):
+            Momentum of the running per-class confidence `m_c` (one update per step).
+        unlabeled_rampup_steps (`int`, defaults to 0):
+            The unlabeled loss weights (`lambda_s`, `lambda_mask`, `lambda_fp`) ramp linearly from 0 at step 0 to
+            their full value at this step, while the teacher is still poor. 0 means full weight from the start.
         lambda_s, lambda_mask, lambda_fp (`float`):
             Weights of the strong-view, masked-view and feature-perturbation losses.
         fp_dropout (`float`, defaults to 0.5):
@@ -72,7 +83,8 @@ class MaskMatchConfig(PreTrainedConfig):
         teacher (`str`, defaults to `"shared"`):
             `shared` (the student itself, eval mode, no grad) or `ema` (an exponential moving average copy).
         ema_momentum (`float`, defaults to 0.999):
-            Momentum of the EMA teacher.
+            Final momentum of the EMA teacher; at step `t` the momentum is `min(1 - 1 / (t + 1), ema_momentum)`
+            (UniMatch V2), so the teacher follows the student closely at first.
         cutmix_prob, color_jitter_prob, grayscale_prob, blur_prob (`float`):
             Per-image probabilities of the strong augmentations.
         color_jitter (`list[float]`, defaults to `[0.5, 0.5, 0.5, 0.25]`):
@@ -98,6 +110,9 @@ class MaskMatchConfig(PreTrainedConfig):
     ensemble_scales: list[float | int] | tuple[float | int, ...] = (0.75, 1.0, 1.25)
     ensemble_flip: bool = False
     confidence_threshold: float | int = 0.95
+    class_thresholds: str = "adaptive"
+    class_threshold_momentum: float | int = 0.99
+    unlabeled_rampup_steps: int = 0
     lambda_s: float | int = 1.0
     lambda_mask: float | int = 0.5
     lambda_fp: float | int = 0.5
@@ -136,6 +151,14 @@ class MaskMatchConfig(PreTrainedConfig):
             raise ValueError(f"`preset` must be one of {sorted(PRESETS)}, got {self.preset!r}.")
         if self.teacher not in TEACHERS:
             raise ValueError(f"`teacher` must be one of {list(TEACHERS)}, got {self.teacher!r}.")
+        if self.class_thresholds not in CLASS_THRESHOLDS:
+            raise ValueError(
+                f"`class_thresholds` must be one of {list(CLASS_THRESHOLDS)}, got {self.class_thresholds!r}."
+            )
+        if not 0.0 <= self.class_threshold_momentum < 1.0:
+            raise ValueError(f"`class_threshold_momentum` must be in [0, 1), got {self.class_threshold_momentum}.")
+        if self.unlabeled_rampup_steps < 0:
+            raise ValueError(f"`unlabeled_rampup_steps` must be non-negative, got {self.unlabeled_rampup_steps}.")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"`mask_ratio` must be in [0, 1), got {self.mask_ratio}.")
         if self.mask_patch_size <= 0:
@@ -163,6 +186,18 @@ class MaskMatchConfig(PreTrainedConfig):
     def components(self) -> PresetComponents:
         """The objective's parts switched on by `preset`."""
         return PRESETS[self.preset]
+
+    def unlabeled_weight(self, step: int | None) -> float:
+        """Factor on the unlabeled loss weights at `step` (0-based): the linear ramp-up, 1 when `step` is None."""
+        if step is None or self.unlabeled_rampup_steps == 0:
+            return 1.0
+        return min(1.0, step / self.unlabeled_rampup_steps)
+
+    def teacher_momentum(self, step: int | None) -> float:
+        """EMA teacher momentum after optimizer step `step` (0-based): `min(1 - 1 / (step + 1), ema_momentum)`."""
+        if step is None:
+            return self.ema_momentum
+        return min(1.0 - 1.0 / (step + 1), self.ema_momentum)
 
     @property
     def teacher_scales(self) -> list[float]:

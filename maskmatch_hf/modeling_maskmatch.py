@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,20 +24,6 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 from .configuration_efficientnet_lite import EfficientNetLiteConfig
 from .configuration_maskmatch import MaskMatchConfig
 from .modeling_efficientnet_lite import EfficientNetLiteBackbone  # noqa: F401  (registers the backbone)
-
-
-@dataclass
-class MaskMatchSegmenterOutput(SemanticSegmenterOutput):
-    r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-        Pixel cross-entropy, void pixels (`config.ignore_index`) ignored.
-    logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height, width)`):
-        Class scores at the resolution of `pixel_values`.
-    perturbed_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height, width)`, *optional*):
-        Class scores from channel-dropped encoder features, returned when `feature_perturbation=True`.
-    """
-
-    perturbed_logits: torch.FloatTensor | None = None
 
 
 def resize_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -182,24 +167,26 @@ class MaskMatchForSemanticSegmentation(MaskMatchPreTrainedModel):
         labels: torch.LongTensor | None = None,
         feature_perturbation: bool = False,
         **kwargs: Any,
-    ) -> MaskMatchSegmenterOutput:
+    ) -> SemanticSegmenterOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
             Images normalized with `config.image_mean` / `config.image_std`.
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
             Class indices in `[0, num_labels)`, or `config.ignore_index` for void pixels.
         feature_perturbation (`bool`, defaults to `False`):
-            Also decode a copy of the encoder features with channel dropout `config.fp_dropout` (UniMatch's
-            feature perturbation). SegFormer and UperNet segmenters only.
+            Decode the encoder features after channel dropout `config.fp_dropout` instead of the clean ones
+            (UniMatch's feature perturbation). SegFormer and UperNet segmenters only.
+
+        Returns: `logits` `(batch_size, num_labels, height, width)` at the resolution of `pixel_values`, and the
+        pixel cross-entropy `loss` when `labels` are given.
         """
-        perturbed_logits = None
         if feature_perturbation:
             features = self.encoder_features(pixel_values)
             perturbed = [nn.functional.dropout2d(f, self.config.fp_dropout, training=True) for f in features]
-            both = self.segmenter.decode_head([torch.cat(pair) for pair in zip(features, perturbed)])
-            logits, perturbed_logits = resize_maps(both, pixel_values.shape[-2:]).chunk(2)
+            logits = self.segmenter.decode_head(perturbed)
         else:
-            logits = resize_maps(self.segmenter(pixel_values=pixel_values).logits, pixel_values.shape[-2:])
+            logits = self.segmenter(pixel_values=pixel_values).logits
+        logits = resize_maps(logits, pixel_values.shape[-2:])
 
         loss = None
         if labels is not None:
@@ -209,7 +196,7 @@ class MaskMatchForSemanticSegmentation(MaskMatchPreTrainedModel):
                     f"`pixel_values`, got {tuple(labels.shape)}."
                 )
             loss = nn.functional.cross_entropy(logits.float(), labels, ignore_index=self.config.ignore_index)
-        return MaskMatchSegmenterOutput(loss=loss, logits=logits, perturbed_logits=perturbed_logits)
+        return SemanticSegmenterOutput(loss=loss, logits=logits)
 
     def encoder_features(self, pixel_values: torch.FloatTensor) -> tuple[torch.Tensor, ...]:
         """The multi-level encoder features the decode head consumes, each `(batch_size, channels, h, w)`."""
@@ -264,7 +251,6 @@ AutoModelForSemanticSegmentation.register(MaskMatchConfig, MaskMatchForSemanticS
 __all__ = [
     "MaskMatchForSemanticSegmentation",
     "MaskMatchPreTrainedModel",
-    "MaskMatchSegmenterOutput",
     "multiscale_probabilities",
     "resize_maps",
     "sliding_window_probabilities",

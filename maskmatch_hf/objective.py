@@ -20,15 +20,25 @@ from .modeling_maskmatch import MaskMatchForSemanticSegmentation
 class MaskMatchObjectiveOutput(ModelOutput):
     """
     loss (`torch.FloatTensor` of shape `()`):
-        `L_x + lambda_s * L_s + lambda_mask * L_mask + lambda_fp * L_fp`, over the terms the preset enables;
-        differentiable with respect to the student only.
+        `L_x + w * (lambda_s * L_s + lambda_mask * L_mask + lambda_fp * L_fp)`, over the terms the preset
+        enables, `w` the ramp-up factor at this step; differentiable with respect to the student only.
     logs (`dict[str, float]`):
-        Each active loss term (`loss_x`, `loss_s`, `loss_mask`, `loss_fp`), `loss`, `confident_ratio`, and
+        Each active loss term (`loss_x`, `loss_s`, `loss_mask`, `loss_fp`), `loss`, and for semi-supervised
+        presets `unlabeled_weight`, `confident_ratio`, `confident_ratio/<label>` (share of pixels confidently
+        pseudo-labeled as each class), `threshold/<label>` (adaptive thresholds), and
         `pseudo_label_accuracy` / `confident_pseudo_label_accuracy` when the unlabeled labels are passed.
     """
 
     loss: torch.FloatTensor | None = None
     logs: dict[str, float] | None = None
+
+
+@dataclass
+class PseudoLabels:
+    """The teacher's targets for a batch of weak views: `labels` `(B, H, W)` (void on padding) and `confident`."""
+
+    labels: torch.LongTensor
+    confident: torch.BoolTensor
 
 
 def pixel_cross_entropy(
@@ -59,16 +69,27 @@ def frozen_batchnorm_statistics(module: nn.Module, enabled: bool = True) -> Iter
             norm.track_running_stats = True
 
 
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over processes when training is distributed (a no-op on one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
 class MaskMatchObjective(nn.Module):
     """Holds the student and its teacher and computes one semi-supervised training step's loss.
 
     The teacher is the student itself in eval mode without grad (`config.teacher="shared"`) or an EMA copy
     (`"ema"`, call [`update_teacher`] after each optimizer step). Wrap this module, not the student, with
-    `accelerator.prepare` so each step is a single DDP forward.
+    `accelerate.prepare` so each step is a single DDP forward.
 
-    BatchNorm running statistics are updated by the labeled pass only (weak unlabeled views join it for
-    feature perturbation); strong and masked views normalize with their batch statistics without updating the
-    running ones, unless `config.unlabeled_updates_bn_stats`.
+    Each kind of student input is its own BatchNorm batch (labeled crops, strong/CutMix views, masked views,
+    weak views for feature perturbation), so no kind changes another's normalization, and only the labeled pass
+    updates the running statistics the eval-mode teacher uses (all passes do with
+    `config.unlabeled_updates_bn_stats`).
+
+    With `config.class_thresholds="adaptive"` the objective keeps the running per-class confidence
+    `class_confidence` as a buffer, saved and restored with the training state.
     """
 
     def __init__(self, student: MaskMatchForSemanticSegmentation) -> None:
@@ -78,6 +99,8 @@ class MaskMatchObjective(nn.Module):
         self.ema_teacher = None
         if student.config.teacher == "ema":
             self.ema_teacher = copy.deepcopy(student).requires_grad_(False).eval()
+        num_labels = student.config.num_labels
+        self.register_buffer("class_confidence", torch.full((num_labels,), student.config.confidence_threshold))
 
     @property
     def config(self):
@@ -94,12 +117,13 @@ class MaskMatchObjective(nn.Module):
         return self
 
     @torch.no_grad()
-    def update_teacher(self) -> None:
-        """EMA step `teacher = m * teacher + (1 - m) * student` for parameters and float buffers (BatchNorm
-        statistics); integer buffers are copied. Does nothing for the shared teacher."""
+    def update_teacher(self, step: int | None = None) -> None:
+        """EMA step `teacher = m * teacher + (1 - m) * student` after optimizer step `step` (0-based), with
+        `m = config.teacher_momentum(step)`, for parameters and float buffers (BatchNorm statistics); integer
+        buffers are copied. Does nothing for the shared teacher."""
         if self.ema_teacher is None:
             return
-        momentum = self.config.ema_momentum
+        momentum = self.config.teacher_momentum(step)
         for teacher_tensor, student_tensor in zip(
             [*self.ema_teacher.parameters(), *self.ema_teacher.buffers()],
             [*self.student.parameters(), *self.student.buffers()],
@@ -122,6 +146,42 @@ class MaskMatchObjective(nn.Module):
         finally:
             teacher.train(was_training)
 
+    @torch.no_grad()
+    def class_thresholds(self, confidence: torch.Tensor, prediction: torch.LongTensor) -> torch.Tensor:
+        """Per-class confidence thresholds `(C,)` for this step.
+
+        `fixed`: `confidence_threshold` for every class. `adaptive`: first moves the running per-class mean
+        confidence `m_c` towards this batch's (classes the teacher predicts nowhere keep theirs; summed over
+        processes), then returns `confidence_threshold * m / max(m)`.
+        """
+        config = self.config
+        if config.class_thresholds == "fixed":
+            return self.class_confidence.new_full(self.class_confidence.shape, config.confidence_threshold)
+        num_labels = self.class_confidence.numel()
+        sums = torch.zeros(2, num_labels, device=confidence.device)
+        sums[0].index_add_(0, prediction.flatten(), confidence.flatten().float())
+        sums[1].index_add_(0, prediction.flatten(), torch.ones_like(confidence.flatten(), dtype=torch.float))
+        sums = _all_reduce_sum(sums)
+        seen = sums[1] > 0
+        batch_mean = sums[0] / sums[1].clamp_min(1)
+        momentum = config.class_threshold_momentum
+        updated = momentum * self.class_confidence + (1 - momentum) * batch_mean
+        self.class_confidence.copy_(torch.where(seen, updated, self.class_confidence))
+        return config.confidence_threshold * self.class_confidence / self.class_confidence.max().clamp_min(1e-6)
+
+    def pseudo_labels(
+        self, pixel_values: torch.FloatTensor, real: torch.BoolTensor
+    ) -> tuple[PseudoLabels, torch.Tensor]:
+        """The teacher's pseudo-labels of complete weak views `(B, 3, H, W)` and this step's class thresholds.
+
+        Crop padding (`real` False) becomes void; the running class confidences see real pixels only.
+        """
+        confidence, prediction = self.teacher_probabilities(pixel_values).max(dim=1)
+        thresholds = self.class_thresholds(confidence[real], prediction[real])
+        confident = confidence >= thresholds[prediction]
+        labels = prediction.masked_fill(~real, self.config.ignore_index)
+        return PseudoLabels(labels, confident), thresholds
+
     def forward(
         self,
         pixel_values: torch.FloatTensor,
@@ -132,6 +192,7 @@ class MaskMatchObjective(nn.Module):
         cutmix_pixel_values: torch.FloatTensor | None = None,
         cutmix_pixel_mask: torch.BoolTensor | None = None,
         generator: torch.Generator | None = None,
+        step: int | None = None,
     ) -> MaskMatchObjectiveOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): weak views of labeled images, normalized.
@@ -145,43 +206,54 @@ class MaskMatchObjective(nn.Module):
         cutmix_pixel_values, cutmix_pixel_mask (*optional*): a second unlabeled batch, shaped like the first,
             whose strong views are pasted into the first one's. Defaults to the first batch rolled by one image.
         generator (`torch.Generator`, *optional*): source of every random draw (on the batch's device).
+        step (`int`, *optional*): the 0-based optimizer step, for the unlabeled loss ramp-up
+            (`config.unlabeled_rampup_steps`); None means full weight.
         """
         config = self.config
-        components = config.components
         ignore_index = config.ignore_index
-        terms: dict[str, torch.Tensor] = {}
-        stats: dict[str, torch.Tensor] = {}
-
-        if not components.unlabeled:
+        if not config.components.unlabeled:
             logits = self.student(pixel_values=pixel_values).logits
-            terms["loss_x"] = pixel_cross_entropy(logits, labels, ignore_index)
-            return self._output(terms, stats)
+            return self._output({"loss_x": pixel_cross_entropy(logits, labels, ignore_index)}, {}, step)
         if unlabeled_pixel_values is None:
             raise ValueError(f"The `{config.preset}` preset needs `unlabeled_pixel_values`.")
 
-        batch_u = unlabeled_pixel_values.shape[0]
-        device = unlabeled_pixel_values.device
+        # Teacher: pseudo-labels of the complete weak views (and of the CutMix partners, when given).
         real = self._real_pixels(unlabeled_pixel_values, unlabeled_pixel_mask)
         if cutmix_pixel_values is None:
-            partner_values, partner_real = unlabeled_pixel_values.roll(1, 0), real.roll(1, 0)
-            teacher_input = unlabeled_pixel_values
+            pseudo, thresholds = self.pseudo_labels(unlabeled_pixel_values, real)
+            partner_values = unlabeled_pixel_values.roll(1, 0)
+            partner_pseudo = PseudoLabels(pseudo.labels.roll(1, 0), pseudo.confident.roll(1, 0))
         else:
             partner_values = cutmix_pixel_values
             partner_real = self._real_pixels(cutmix_pixel_values, cutmix_pixel_mask)
-            teacher_input = torch.cat([unlabeled_pixel_values, cutmix_pixel_values])
+            both, thresholds = self.pseudo_labels(
+                torch.cat([unlabeled_pixel_values, partner_values]), torch.cat([real, partner_real])
+            )
+            pseudo, partner_pseudo = (
+                PseudoLabels(*pair) for pair in zip(both.labels.chunk(2), both.confident.chunk(2))
+            )
 
-        # Teacher: pseudo-labels of the complete weak views; padding becomes void.
-        confidence, pseudo = self.teacher_probabilities(teacher_input).max(dim=1)
-        if cutmix_pixel_values is None:
-            partner_confidence, partner_pseudo = confidence.roll(1, 0), pseudo.roll(1, 0)
-        else:
-            confidence, partner_confidence = confidence.split(batch_u)
-            pseudo, partner_pseudo = pseudo.split(batch_u)
-        pseudo = pseudo.masked_fill(~real, ignore_index)
-        partner_pseudo = partner_pseudo.masked_fill(~partner_real, ignore_index)
-        confident = confidence >= config.confidence_threshold
+        terms = self._student_losses(
+            pixel_values, labels, unlabeled_pixel_values, partner_values, pseudo, partner_pseudo, generator
+        )
+        stats = self._pseudo_label_stats(pseudo, real, thresholds, unlabeled_labels)
+        return self._output(terms, stats, step)
 
-        # Student inputs: strong views with CutMix, and the patch-masked strong view.
+    def _student_losses(
+        self,
+        pixel_values: torch.FloatTensor,
+        labels: torch.LongTensor,
+        weak: torch.FloatTensor,
+        partner_weak: torch.FloatTensor,
+        pseudo: PseudoLabels,
+        partner_pseudo: PseudoLabels,
+        generator: torch.Generator | None,
+    ) -> dict[str, torch.Tensor]:
+        """Student passes and their losses; each kind of view is its own BatchNorm batch."""
+        config = self.config
+        components = config.components
+        ignore_index = config.ignore_index
+        batch_u, _, height, width = weak.shape
         augment = {
             "image_mean": config.image_mean,
             "image_std": config.image_std,
@@ -192,65 +264,67 @@ class MaskMatchObjective(nn.Module):
             "blur_sigma": config.blur_sigma,
             "generator": generator,
         }
-        height, width = unlabeled_pixel_values.shape[-2:]
-        student_views, view_targets = [], []
-        first_strong = None
+        strong_views, strong_targets, first_strong = [], [], None
         for _ in range(components.strong_views):
-            strong = strong_augment(unlabeled_pixel_values, **augment)
+            strong = strong_augment(weak, **augment)
             first_strong = strong if first_strong is None else first_strong
-            box = cutmix_box_mask(batch_u, height, width, config.cutmix_prob, generator=generator, device=device)
-            student_views.append(cutmix(box, strong, strong_augment(partner_values, **augment)))
-            view_targets.append(
-                (
-                    cutmix(box, pseudo, partner_pseudo),
-                    cutmix(box, confident, partner_confidence >= config.confidence_threshold),
+            box = cutmix_box_mask(batch_u, height, width, config.cutmix_prob, generator=generator, device=weak.device)
+            strong_views.append(cutmix(box, strong, strong_augment(partner_weak, **augment)))
+            strong_targets.append(
+                PseudoLabels(
+                    cutmix(box, pseudo.labels, partner_pseudo.labels),
+                    cutmix(box, pseudo.confident, partner_pseudo.confident),
                 )
             )
-        if components.masked_modeling:
-            hidden = random_patch_mask(
-                batch_u,
-                height,
-                width,
-                config.mask_patch_size,
-                config.mask_ratio,
-                generator=generator,
-                device=device,
-            )
-            student_views.append(mask_images(first_strong, hidden))
 
-        # Student pass 1 (updates BatchNorm statistics): labeled images, plus weak views for feature perturbation.
-        batch_x = pixel_values.shape[0]
-        if components.feature_perturbation:
-            output = self.student(
-                pixel_values=torch.cat([pixel_values, unlabeled_pixel_values]), feature_perturbation=True
-            )
-            terms["loss_fp"] = pixel_cross_entropy(output.perturbed_logits[batch_x:], pseudo, ignore_index, confident)
-            logits_x = output.logits[:batch_x]
-        else:
-            logits_x = self.student(pixel_values=pixel_values).logits
-        terms["loss_x"] = pixel_cross_entropy(logits_x, labels, ignore_index)
-
-        # Student pass 2 (BatchNorm statistics frozen): all strong and masked views as one batch.
+        # Labeled crops: the only pass that updates BatchNorm running statistics (the eval-mode teacher's).
+        terms = {"loss_x": pixel_cross_entropy(self.student(pixel_values=pixel_values).logits, labels, ignore_index)}
         with frozen_batchnorm_statistics(self.student, enabled=not config.unlabeled_updates_bn_stats):
-            view_logits = self.student(pixel_values=torch.cat(student_views)).logits.split(batch_u)
-        terms["loss_s"] = torch.stack(
-            [
-                pixel_cross_entropy(logits, target, ignore_index, weight)
-                for logits, (target, weight) in zip(view_logits, view_targets)
-            ]
-        ).mean()
-        if components.masked_modeling:
-            terms["loss_mask"] = pixel_cross_entropy(view_logits[-1], pseudo, ignore_index, confident)
+            strong_logits = self.student(pixel_values=torch.cat(strong_views)).logits.split(batch_u)
+            terms["loss_s"] = torch.stack(
+                [
+                    pixel_cross_entropy(logits, target.labels, ignore_index, target.confident)
+                    for logits, target in zip(strong_logits, strong_targets)
+                ]
+            ).mean()
+            if components.masked_modeling:
+                hidden = random_patch_mask(
+                    batch_u, height, width, config.mask_patch_size, config.mask_ratio, generator, weak.device
+                )
+                masked_logits = self.student(pixel_values=mask_images(first_strong, hidden)).logits
+                terms["loss_mask"] = pixel_cross_entropy(masked_logits, pseudo.labels, ignore_index, pseudo.confident)
+            if components.feature_perturbation:
+                perturbed_logits = self.student(pixel_values=weak, feature_perturbation=True).logits
+                terms["loss_fp"] = pixel_cross_entropy(perturbed_logits, pseudo.labels, ignore_index, pseudo.confident)
+        return terms
 
-        stats["confident_ratio"] = (confident & real).sum() / real.sum().clamp_min(1)
+    @torch.no_grad()
+    def _pseudo_label_stats(
+        self,
+        pseudo: PseudoLabels,
+        real: torch.BoolTensor,
+        thresholds: torch.Tensor,
+        unlabeled_labels: torch.LongTensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """Confident ratio overall and per class, adaptive thresholds, and accuracy against true labels."""
+        config = self.config
+        num_real = real.sum().clamp_min(1)
+        confident = pseudo.confident & real
+        stats = {"confident_ratio": confident.sum() / num_real}
+        per_class = torch.bincount(pseudo.labels[confident], minlength=config.num_labels) / num_real
+        for index, name in sorted(config.id2label.items()):
+            stats[f"confident_ratio/{name}"] = per_class[index]
+        if config.class_thresholds == "adaptive":
+            for index, name in sorted(config.id2label.items()):
+                stats[f"threshold/{name}"] = thresholds[index]
         if unlabeled_labels is not None:
-            known = (unlabeled_labels != ignore_index) & real
-            correct = (pseudo == unlabeled_labels) & known
+            known = (unlabeled_labels != config.ignore_index) & real
+            correct = (pseudo.labels == unlabeled_labels) & known
             stats["pseudo_label_accuracy"] = correct.sum() / known.sum().clamp_min(1)
             stats["confident_pseudo_label_accuracy"] = (correct & confident).sum() / (
                 known & confident
             ).sum().clamp_min(1)
-        return self._output(terms, stats)
+        return stats
 
     @staticmethod
     def _real_pixels(pixel_values: torch.Tensor, pixel_mask: torch.BoolTensor | None) -> torch.BoolTensor:
@@ -260,17 +334,27 @@ class MaskMatchObjective(nn.Module):
             )
         return pixel_mask.bool()
 
-    def _output(self, terms: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]) -> MaskMatchObjectiveOutput:
+    def _output(
+        self, terms: dict[str, torch.Tensor], stats: dict[str, torch.Tensor], step: int | None
+    ) -> MaskMatchObjectiveOutput:
+        config = self.config
+        ramp = config.unlabeled_weight(step)
         weights = {
             "loss_x": 1.0,
-            "loss_s": self.config.lambda_s,
-            "loss_mask": self.config.lambda_mask,
-            "loss_fp": self.config.lambda_fp,
+            "loss_s": ramp * config.lambda_s,
+            "loss_mask": ramp * config.lambda_mask,
+            "loss_fp": ramp * config.lambda_fp,
         }
         terms = {name: terms[name] for name in weights if name in terms}
         loss = sum(weights[name] * value for name, value in terms.items())
+        if config.components.unlabeled:
+            stats = {"unlabeled_weight": torch.tensor(ramp), **stats}
         names = ["loss", *terms, *stats]
         values = torch.stack(
-            [loss.detach(), *(t.detach() for t in terms.values()), *(s.float() for s in stats.values())]
+            [
+                loss.detach(),
+                *(t.detach() for t in terms.values()),
+                *(s.float().to(loss.device) for s in stats.values()),
+            ]
         )
         return MaskMatchObjectiveOutput(loss=loss, logs=dict(zip(names, values.tolist())))

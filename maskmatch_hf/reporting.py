@@ -10,6 +10,7 @@ import numpy as np
 from .configuration_maskmatch import MaskMatchConfig
 
 CURVES = ("loss", "loss_x", "loss_s", "loss_mask", "loss_fp")
+PER_CLASS_CONFIDENT = "confident_ratio"  # logged per class as "confident_ratio/<label>"
 # The model card template, in `model_cards/` at the top of the repository; an installed package carries it inside
 # (pyproject.toml maps it to `maskmatch_hf/model_cards/`).
 _CARD_DIRS = (Path(__file__).resolve().parent / "model_cards", Path(__file__).resolve().parents[1] / "model_cards")
@@ -25,6 +26,8 @@ class TrainingHistory:
     def __init__(self) -> None:
         self.train: list[dict[str, float]] = []
         self.eval: list[dict[str, Any]] = []
+        # Training seconds per step (evaluation excluded) of this process's session; not part of the state.
+        self.seconds_per_step: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"train": self.train, "eval": self.eval}
@@ -64,6 +67,8 @@ class TrainingHistory:
         best = self.best_eval()
         last = self.train[-1] if self.train else {}
         results: dict[str, Any] = {"train_steps": last.get("step", 0), "train_loss": last.get("loss")}
+        if self.seconds_per_step is not None:
+            results["train_seconds_per_step"] = self.seconds_per_step
         # Pseudo-label quality at the end of training: mean over the last 10% of the steps.
         tail = self.train[-max(1, len(self.train) // 10) :]
         for name in ("confident_ratio", "pseudo_label_accuracy", "confident_pseudo_label_accuracy"):
@@ -77,7 +82,9 @@ class TrainingHistory:
                 best_eval_mean_accuracy=best["mean_accuracy"],
                 best_eval_overall_accuracy=best["overall_accuracy"],
                 best_eval_per_category_iou=best["per_category_iou"],
+                final_step=self.eval[-1]["step"],
                 final_eval_mean_iou=self.eval[-1]["mean_iou"],
+                final_eval_per_category_iou=self.eval[-1]["per_category_iou"],
             )
         return results
 
@@ -95,7 +102,7 @@ def plot_training_curves(history: TrainingHistory, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     window = max(1, len(history.train) // 50)
     steps = np.array([entry["step"] for entry in history.train])
     for name in CURVES:
@@ -108,10 +115,17 @@ def plot_training_curves(history: TrainingHistory, path: str | Path) -> None:
         if len(values) and not np.isnan(values).all():
             axes[1].plot(steps[window - 1 :] if window > 1 else steps, _smooth(values, window), label=name)
     axes[1].set(title="pseudo-labels", xlabel="step", ylim=(0, 1))
+    per_class = sorted({k for entry in history.train for k in entry if k.startswith(f"{PER_CLASS_CONFIDENT}/")})
+    for name in per_class:
+        values = np.array([entry.get(name, np.nan) for entry in history.train], dtype=float)
+        label = name.split("/", 1)[1]
+        axes[2].plot(steps[window - 1 :] if window > 1 else steps, _smooth(values, window), label=label)
+    axes[2].set(title="confident pseudo-labels per class (share of pixels)", xlabel="step")
+    axes[2].set_yscale("symlog", linthresh=1e-4)
     if history.eval:
-        axes[2].plot([e["step"] for e in history.eval], [100 * e["mean_iou"] for e in history.eval], marker="o")
-    axes[2].set(title="val mIoU (%)", xlabel="step")
-    for axis in axes[:2]:
+        axes[3].plot([e["step"] for e in history.eval], [100 * e["mean_iou"] for e in history.eval], marker="o")
+    axes[3].set(title="val mIoU (%)", xlabel="step")
+    for axis in axes[:3]:
         if axis.get_legend_handles_labels()[0]:
             axis.legend()
     fig.tight_layout()

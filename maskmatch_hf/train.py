@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from .segmenters import BACKBONES, SEGFORMER_VARIANTS, load_model_for_training
 logger = get_logger(__name__)
 
 CHECKPOINT_PREFIX = "step_"
+DEFAULT_WARMUP = 0.05
 # MaskMatch hyperparameters settable from the command line (every field of MaskMatchConfig but the nested ones).
 MASKMATCH_FIELDS = [
     f
@@ -121,7 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
     train.add_argument("--lr_scheduler_type", default="polynomial", help="transformers scheduler name.")
     train.add_argument("--poly_power", type=float, default=0.9, help="Power of the polynomial schedule.")
-    train.add_argument("--num_warmup_steps", type=int, default=0)
+    train.add_argument(
+        "--num_warmup_steps",
+        type=float,
+        default=DEFAULT_WARMUP,
+        help="Linear LR warmup: a number of steps, or a fraction of --max_train_steps when below 1.",
+    )
     train.add_argument("--checkpointing_steps", type=int, help="Save the training state every N steps.")
     train.add_argument("--checkpoints_total_limit", type=int, default=2, help="Training states kept.")
     train.add_argument("--resume_from_checkpoint", help="'latest' or a step_N directory.")
@@ -182,6 +189,34 @@ def parameter_groups(model: MaskMatchForSemanticSegmentation, args: argparse.Nam
         {"params": encoder, "lr": args.learning_rate},
         {"params": head, "lr": args.learning_rate * args.head_learning_rate_multiplier},
     ]
+
+
+def warmup_steps(args: argparse.Namespace) -> int:
+    """`--num_warmup_steps` in steps: a value below 1 is a fraction of `--max_train_steps`."""
+    if args.num_warmup_steps < 1:
+        return round(args.num_warmup_steps * args.max_train_steps)
+    return int(args.num_warmup_steps)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, args: argparse.Namespace, num_processes: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then `--lr_scheduler_type` (polynomial: `lr = base_lr * (1 - t / T) ** poly_power`, down
+    to 0, for each parameter group's own base LR).
+
+    The prepared scheduler steps once per process at each optimizer step (accelerate's convention), so step
+    counts are multiplied by `num_processes`.
+    """
+    polynomial = args.lr_scheduler_type == "polynomial"
+    return get_scheduler(
+        args.lr_scheduler_type,
+        optimizer=optimizer,
+        num_warmup_steps=warmup_steps(args) * num_processes,
+        num_training_steps=args.max_train_steps * num_processes,
+        # transformers' polynomial schedule scales every group by (lr_end + (defaults["lr"] - lr_end) * decay)
+        # / defaults["lr"]: with lr_end 0 that factor is exactly decay, whatever the group's own LR.
+        scheduler_specific_kwargs={"power": args.poly_power, "lr_end": 0.0} if polynomial else None,
+    )
 
 
 def find_checkpoint(output_dir: str, resume_from_checkpoint: str) -> tuple[Path, int] | None:
@@ -268,15 +303,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     objective = MaskMatchObjective(model)
-    optimizer = torch.optim.AdamW(parameter_groups(model, args), weight_decay=args.weight_decay)
-    scheduler = get_scheduler(
-        args.lr_scheduler_type,
-        optimizer=optimizer,
-        # The prepared scheduler steps once per process at each optimizer step (accelerate's convention).
-        num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-        scheduler_specific_kwargs={"power": args.poly_power} if args.lr_scheduler_type == "polynomial" else None,
-    )
+    optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = build_scheduler(optimizer, args, accelerator.num_processes)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
     history = TrainingHistory()
     accelerator.register_for_checkpointing(history)
@@ -373,6 +401,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         range(args.max_train_steps), initial=start_step, desc="train", disable=not accelerator.is_local_main_process
     )
     objective.train()
+    loop_start, eval_seconds = time.perf_counter(), 0.0
     for step in range(start_step, args.max_train_steps):
         for micro in range(args.gradient_accumulation_steps):
             with accelerator.accumulate(objective):
@@ -385,12 +414,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     inputs["unlabeled_labels"] = unlabeled.get("labels")
                 generator = torch.Generator(accelerator.device)
                 generator.manual_seed(sample_seed(args.seed, accelerator.process_index, step, micro))
-                output = objective(**inputs, generator=generator)
+                output = objective(**inputs, generator=generator, step=step)
                 accelerator.backward(output.loss)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-        unwrapped.update_teacher()
+        unwrapped.update_teacher(step)
         completed = step + 1
 
         logs = {**output.logs, "lr": scheduler.get_last_lr()[0]}
@@ -404,6 +433,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
         last = completed == args.max_train_steps
         if eval_loader is not None and (last or (args.eval_steps and completed % args.eval_steps == 0)):
+            eval_start = time.perf_counter()
             scores = evaluate_segmenter(
                 student,
                 eval_loader,
@@ -415,6 +445,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 config.ignore_index,
                 show_progress=accelerator.is_local_main_process,
             )
+            eval_seconds += time.perf_counter() - eval_start
             improved = history.log_eval(completed, scores)
             progress.set_postfix(history.postfix())
             if args.with_tracking:
@@ -431,6 +462,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 prune_checkpoints(output_dir, args.checkpoints_total_limit)
             accelerator.wait_for_everyone()
     progress.close()
+    steps_run = args.max_train_steps - start_step
+    train_seconds = time.perf_counter() - loop_start - eval_seconds
+    if steps_run:
+        history.seconds_per_step = train_seconds / steps_run
 
     results = finish(args, accelerator, student, history, data, eval_transform, best_dir)
     accelerator.end_training()
@@ -468,6 +503,7 @@ def finish(
             eval_size = tuple(eval_transform(first)["pixel_values"].shape[-2:])
         save_final_model(model, output_dir, args.crop_size, eval_size)
         (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
+        (output_dir / "training_history.json").write_text(json.dumps(history.state_dict()))
         plot_training_curves(history, output_dir / "training_curves.png")
         write_model_card(output_dir, model.config, results, vars(args))
         if args.push_to_hub:

@@ -70,3 +70,26 @@ def test_strong_augment_is_photometric_reproducible_and_switchable():
     torch.testing.assert_close(rgb[:, 0], rgb[:, 1], atol=1e-5, rtol=0)
     blurred = strong_augment(images, MEAN, STD, color_jitter_prob=0, grayscale_prob=0, blur_prob=1)
     assert blurred.std() < images.std()
+
+
+def test_hue_rotates_both_ways_within_its_strength(monkeypatch):
+    import maskmatch_hf.augment as augment
+
+    turns_seen = []
+    original = augment.rotate_hue
+    monkeypatch.setattr(
+        augment, "rotate_hue", lambda images, turns: turns_seen.append(turns) or original(images, turns)
+    )
+    strong_augment(
+        natural_images(256, 8, 8),
+        MEAN,
+        STD,
+        color_jitter=(0.0, 0.0, 0.0, 0.25),
+        color_jitter_prob=1.0,
+        grayscale_prob=0.0,
+        blur_prob=0.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    (turns,) = turns_seen
+    assert turns.abs().max() <= 0.25 and (turns != 0).all()
+    assert (turns < -0.1).sum() > 50 and (turns > 0.1).sum() > 50

@@ -29,10 +29,12 @@ def test_logits_at_input_resolution_and_loss_ignores_void(segmenter):
 def test_feature_perturbation_decodes_a_dropped_copy(segmenter):
     model = tiny_model(segmenter).eval()
     pixel_values = torch.randn(2, 3, 32, 32)
-    output = model(pixel_values=pixel_values, feature_perturbation=True)
-    assert output.perturbed_logits.shape == output.logits.shape
-    torch.testing.assert_close(output.logits, model(pixel_values=pixel_values).logits)
-    assert not torch.allclose(output.perturbed_logits, output.logits)
+    clean = model(pixel_values=pixel_values).logits
+    perturbed = model(pixel_values=pixel_values, feature_perturbation=True).logits
+    assert perturbed.shape == clean.shape
+    assert not torch.allclose(perturbed, clean)
+    model.config.fp_dropout = 0.0  # no dropout: the perturbed path is the clean decode
+    torch.testing.assert_close(model(pixel_values=pixel_values, feature_perturbation=True).logits, clean)
 
 
 def test_ensemble_is_the_average_of_per_scale_softmaxes(segmenter):

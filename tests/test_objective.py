@@ -75,10 +75,10 @@ def test_each_preset_turns_on_exactly_its_terms(preset):
         return
     expected_sizes = {(24, 24), (32, 32), (40, 40)} if components.multiscale_teacher else {(32, 32)}
     assert {call["size"] for call in teacher_calls} == expected_sizes
-    assert [call["fp"] for call in student_calls] == [components.feature_perturbation, False]
-    labeled_batch = 2 * B if components.feature_perturbation else B
-    views = components.strong_views + int(components.masked_modeling)
-    assert [call["batch"] for call in student_calls] == [labeled_batch, views * B]
+    # One BatchNorm batch per kind of view: labeled, strong (CutMix), masked, feature-perturbed weak views.
+    passes = [(B, False), (components.strong_views * B, False)]
+    passes += [(B, False)] * components.masked_modeling + [(B, True)] * components.feature_perturbation
+    assert [(call["batch"], call["fp"]) for call in student_calls] == passes
 
 
 def test_loss_combines_terms_with_their_weights():
@@ -190,17 +190,13 @@ def test_ema_update_matches_its_formula():
 
 @pytest.mark.parametrize("updates", [False, True])
 def test_only_labeled_passes_update_batchnorm_statistics(updates):
+    """Strong, masked and feature-perturbed passes leave the running statistics to the labeled pass."""
     objective = MaskMatchObjective(
         tiny_model("upernet", preset="unimatch+maskmatch", unlabeled_updates_bn_stats=updates)
     ).train()
     reference = tiny_model("upernet", preset="unimatch+maskmatch").train()
-    inputs = batch()
-    torch.manual_seed(0)  # same feature-dropout draws in both labeled passes
     run(objective)
-    torch.manual_seed(0)
-    reference(
-        pixel_values=torch.cat([inputs["pixel_values"], inputs["unlabeled_pixel_values"]]), feature_perturbation=True
-    )
+    reference(pixel_values=batch()["pixel_values"])  # the labeled pass alone
     bn_stats = [name for name, _ in reference.named_buffers() if "running" in name]
     assert bn_stats
     same = all(torch.allclose(objective.student.get_buffer(name), reference.get_buffer(name)) for name in bn_stats)
@@ -228,3 +224,70 @@ def test_both_segmenters_train_on_a_fixed_batch(segmenter):
         optimizer.step()
         losses.append(output.logs["loss_x"])
     assert losses[-1] < 0.85 * losses[0], losses
+
+
+def student_logits_by_pass(objective: MaskMatchObjective) -> list[torch.Tensor]:
+    """Run one step and return the logits of each grad-enabled (student) pass, in order."""
+    outputs = []
+    objective.student.register_forward_hook(
+        lambda module, args, output: outputs.append(output.logits.detach()) if torch.is_grad_enabled() else None
+    )
+    run(objective, seed=3)
+    return outputs
+
+
+def test_strong_views_are_normalized_apart_from_masked_views():
+    """The strong-view pass of `maskmatch` is exactly `fixmatch`'s: masked views are their own BatchNorm batch."""
+    fixmatch = student_logits_by_pass(MaskMatchObjective(tiny_model("upernet", preset="fixmatch")).train())
+    maskmatch = student_logits_by_pass(MaskMatchObjective(tiny_model("upernet", preset="maskmatch")).train())
+    assert len(fixmatch) == 2 and len(maskmatch) == 3
+    torch.testing.assert_close(maskmatch[1], fixmatch[1])
+
+
+def test_unlabeled_losses_ramp_up_linearly():
+    objective = MaskMatchObjective(
+        tiny_model(preset="maskmatch", confidence_threshold=0.0, unlabeled_rampup_steps=10)
+    ).train()
+    for step, weight in [(0, 0.0), (5, 0.5), (10, 1.0), (50, 1.0), (None, 1.0)]:
+        torch.manual_seed(0)
+        logs = run(objective, step=step).logs
+        assert logs["unlabeled_weight"] == weight
+        expected = logs["loss_x"] + weight * (logs["loss_s"] + 0.5 * logs["loss_mask"])
+        assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+        assert logs["loss_s"] > 0
+
+
+def test_ema_momentum_ramps_from_a_copy_of_the_student():
+    objective = MaskMatchObjective(tiny_model("upernet", teacher="ema", ema_momentum=0.99))
+    with torch.no_grad():
+        for parameter in objective.student.parameters():
+            parameter.add_(1.0)
+    objective.update_teacher(step=0)  # momentum min(1 - 1/1, 0.99) = 0: the teacher becomes the student
+    for teacher, student in zip(objective.ema_teacher.parameters(), objective.student.parameters()):
+        assert torch.equal(teacher, student)
+    assert [objective.config.teacher_momentum(step) for step in (1, 9, 99, 10_000)] == [0.5, 0.9, 0.99, 0.99]
+
+
+@pytest.mark.parametrize("mode", ["fixed", "adaptive"])
+def test_class_thresholds_follow_the_running_class_confidence(monkeypatch, mode):
+    objective = MaskMatchObjective(
+        tiny_model(preset="fixmatch", confidence_threshold=0.95, class_thresholds=mode, class_threshold_momentum=0.0)
+    ).train()
+    probs = torch.full((B, NUM_LABELS, H, W), 0.0)
+    probs[:, 0, : H // 2] = torch.tensor([0.8, 1.0]).repeat(H // 4).view(-1, 1)  # class 0: mean 0.9, top half
+    probs[:, 1, H // 2 :] = torch.tensor([0.4, 0.6]).repeat(H // 4).view(-1, 1)  # class 1: mean 0.5, bottom half
+    monkeypatch.setattr(objective, "teacher_probabilities", lambda pixel_values: probs)
+    logs = run(objective).logs
+    names = objective.config.id2label
+    if mode == "fixed":
+        assert logs["confident_ratio"] == pytest.approx(0.25) and f"threshold/{names[0]}" not in logs
+        return
+    # m = (0.9, 0.5, 0.95, 0.95): classes never predicted keep their start value, the global threshold.
+    torch.testing.assert_close(objective.class_confidence, torch.tensor([0.9, 0.5, 0.95, 0.95]))
+    assert logs[f"threshold/{names[0]}"] == pytest.approx(0.9, abs=1e-4)
+    assert logs[f"threshold/{names[1]}"] == pytest.approx(0.5, abs=1e-4)
+    # Above its class threshold: the 1.0 rows of class 0 and the 0.6 rows of class 1.
+    assert logs["confident_ratio"] == pytest.approx(0.5)
+    assert logs[f"confident_ratio/{names[0]}"] == pytest.approx(0.25)
+    assert logs[f"confident_ratio/{names[1]}"] == pytest.approx(0.25)
+    assert logs[f"confident_ratio/{names[2]}"] == 0

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 
 from maskmatch_hf import MaskMatchForSemanticSegmentation, MaskMatchObjective
 from maskmatch_hf.data import DataValidationError
-from maskmatch_hf.train import main, parse_args
+from maskmatch_hf.train import build_scheduler, main, parameter_groups, parse_args, warmup_steps
 
-from .conftest import make_camvid_like, train_argv
+from .conftest import make_camvid_like, tiny_model, train_argv
 
 
 def test_training_writes_model_card_plot_and_results(camvid_like, tmp_path, capsys):
@@ -50,18 +50,18 @@ def test_training_writes_model_card_plot_and_results(camvid_like, tmp_path, caps
 def test_resume_after_a_crash_matches_an_uninterrupted_run(camvid_like, tmp_path, monkeypatch, accumulation):
     common = ("--gradient_accumulation_steps", accumulation, "--max_train_steps", "4", "--checkpointing_steps", "2",
               "--eval_steps", "2", "--preset", "unimatch+maskmatch", "--teacher", "ema",
-              "--ema_momentum", "0.5")  # fmt: skip
+              "--ema_momentum", "0.5", "--class_thresholds", "adaptive", "--unlabeled_rampup_steps", "3")  # fmt: skip
     main(train_argv(camvid_like, tmp_path / "straight", *common))
 
     crashed = tmp_path / "crashed"
     calls = {"n": 0}
     original = MaskMatchObjective.update_teacher
 
-    def crash_at_third_step(self):
+    def crash_at_third_step(self, step=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("simulated crash")
-        original(self)
+        original(self, step)
 
     monkeypatch.setattr(MaskMatchObjective, "update_teacher", crash_at_third_step)
     with pytest.raises(KeyboardInterrupt):
@@ -73,12 +73,33 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(camvid_like, tmp_path
     straight_state = load_file(tmp_path / "straight" / "step_4" / "model.safetensors")
     resumed_state = load_file(crashed / "step_4" / "model.safetensors")
     assert straight_state.keys() == resumed_state.keys()
-    assert any("ema_teacher" in key for key in straight_state)
+    assert any("ema_teacher" in key for key in straight_state) and "class_confidence" in straight_state
     for key in straight_state:
         assert torch.equal(straight_state[key], resumed_state[key]), key
     straight = json.loads((tmp_path / "straight" / "all_results.json").read_text())
     resumed = json.loads((crashed / "all_results.json").read_text())
+    assert straight.pop("train_seconds_per_step") > 0 and resumed.pop("train_seconds_per_step") > 0  # wall time
     assert straight == resumed
+    history = json.loads((crashed / "training_history.json").read_text())
+    assert [entry["step"] for entry in history["train"]] == [1, 2, 3, 4]
+    assert history == json.loads((tmp_path / "straight" / "training_history.json").read_text())
+
+
+def test_polynomial_schedule_decays_each_group_from_its_own_base_lr():
+    argv = ["--dataset_name", "x", "--output_dir", "o", "--max_train_steps", "20", "--learning_rate", "3e-4"]
+    args = parse_args([*argv, "--num_warmup_steps", "0.1"])
+    assert warmup_steps(args) == 2 and warmup_steps(parse_args([*argv, "--num_warmup_steps", "5"])) == 5
+    assert warmup_steps(parse_args(argv)) == 1  # the default: 5% of the steps
+    optimizer = torch.optim.AdamW(parameter_groups(tiny_model(), args), lr=args.learning_rate)
+    scheduler = build_scheduler(optimizer, args, num_processes=1)
+    for step in range(20):
+        factor = step / 2 if step < 2 else (1 - (step - 2) / 18) ** 0.9
+        encoder_lr, head_lr = (group["lr"] for group in optimizer.param_groups)
+        assert encoder_lr == pytest.approx(3e-4 * factor, rel=1e-9, abs=1e-15)
+        assert head_lr == pytest.approx(3e-3 * factor, rel=1e-9, abs=1e-15)
+        optimizer.step()
+        scheduler.step()
+    assert [group["lr"] for group in optimizer.param_groups] == [0.0, 0.0]
 
 
 def test_bf16_mixed_precision_trains(camvid_like, tmp_path):
