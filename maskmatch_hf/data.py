@@ -11,6 +11,9 @@ Sources, picked from `DataConfig.dataset_name`:
   `trainannot/`, `val/` + `valannot/`), one split per image folder;
 - anything else goes to `load_dataset` (Hub ids, local parquet / imagefolder folders; an imagefolder pairs
   images and masks with a `metadata.jsonl` holding `file_name` and `label_file_name`).
+
+Any split may be streamed (`IterableDataset`): the unlabeled one with `streaming`, the labeled and eval ones with
+`streaming_labeled`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # `<split>` + `<split><suffix>` mask folders (SegNet: `train` + `trainannot`).
 MASK_DIR_SUFFIXES = ("annot", "_annot", "_labels", "_masks")
 EVAL_SPLIT_CANDIDATES = ("validation", "val")
+TEST_SPLIT_CANDIDATES = ("test", *EVAL_SPLIT_CANDIDATES)
 CAMVID_VOID_LABEL = 11
 CAMVID_ID2LABEL = {
     0: "sky",
@@ -140,6 +145,10 @@ class DataConfig:
     )
     split_seed: int = field(default=0, metadata={"help": "Seed of the `labeled_fraction` draw."})
     streaming: bool = field(default=False, metadata={"help": "Stream the unlabeled set (`IterableDataset`)."})
+    streaming_labeled: bool = field(
+        default=False,
+        metadata={"help": "Stream the labeled (whole `train_split`) and eval sets (`IterableDataset`)."},
+    )
     ignore_index: int = field(default=255, metadata={"help": "Label of pixels left out of losses and metrics."})
     do_reduce_labels: bool = field(
         default=False, metadata={"help": "Map 0 to `ignore_index` and every other label v to v - 1."}
@@ -156,6 +165,22 @@ class DataConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "`datasets` cache folder."})
 
     @classmethod
+    def add_arguments(cls, parser: argparse._ActionsContainer, only: Collection[str] | None = None) -> None:
+        """Adds a `--<field>` flag for every field (or those named in `only`), with the field's help and default."""
+        for data_field in dataclasses.fields(cls):
+            if only is not None and data_field.name not in only:
+                continue
+            kwargs: dict[str, Any] = {"help": data_field.metadata.get("help")}
+            if data_field.type in ("bool", bool):
+                kwargs["action"] = "store_true"
+            else:
+                types = {"int": int, "float": float, "int | None": int, "float | None": float}
+                kwargs["type"] = types.get(str(data_field.type), str)
+            if data_field.default is not dataclasses.MISSING:
+                kwargs["default"] = data_field.default
+            parser.add_argument(f"--{data_field.name}", **kwargs)
+
+    @classmethod
     def from_namespace(cls, namespace: argparse.Namespace) -> DataConfig:
         """Builds the config from the attributes of `namespace` that share a field name, ignoring the others."""
         names = {f.name for f in dataclasses.fields(cls)}
@@ -166,9 +191,9 @@ class DataConfig:
 class SegmentationData:
     """The splits a training run reads, with the label conventions shared by transforms and validation."""
 
-    labeled: Dataset
+    labeled: Dataset | IterableDataset
     unlabeled: Dataset | IterableDataset | None
-    eval: Dataset | None
+    eval: Dataset | IterableDataset | None
     id2label: dict[int, str] | None
     label_mapping: LabelMapping
     # Human-readable origin of each split ("split 'train' of /data/camvid"), for error messages.
@@ -403,15 +428,23 @@ def load_segmentation_data(config: DataConfig) -> SegmentationData:
 
     Labeled rows: `labeled_ids`, a seeded `labeled_fraction`, or all of `train_split`. Unlabeled rows:
     `unlabeled_split` / `unlabeled_dataset_name` (streamed if `config.streaming`), else the train rows not
-    labeled (or `unlabeled_ids`), else none. Raises `DataValidationError` for unknown splits, columns or ids.
+    labeled (or `unlabeled_ids`), else none. With `config.streaming_labeled` the labeled (all of `train_split`)
+    and eval sets are streamed. Raises `DataValidationError` for unknown splits, columns or ids.
     """
     if config.labeled_ids and config.labeled_fraction is not None:
         raise MaskMatchUsageError("Pass either `labeled_ids` or `labeled_fraction`, not both.")
     camvid = is_camvid(config.dataset_name)
-    splits = load_source(config.dataset_name, config.dataset_config_name, cache_dir=config.cache_dir)
-    train_source = f"split {config.train_split!r} of {config.dataset_name}"
+    if config.streaming_labeled and (
+        config.labeled_ids or config.labeled_fraction is not None or config.unlabeled_ids
+    ):
+        raise ValueError(
+            "`streaming_labeled` streams all of `train_split`: select labeled / unlabeled images by split "
+            "(`train_split`, `unlabeled_split`, `unlabeled_dataset_name`), not with `labeled_ids`, "
+            "`labeled_fraction` or `unlabeled_ids`."
+        )
+    splits = load_source(config.dataset_name, config.dataset_config_name, config.streaming_labeled, config.cache_dir)
     raw_train = _get_split(splits, config.train_split, config.dataset_name)
-    train = _standardize_columns(raw_train, config, train_source, require_label=True)
+    train, train_source = _labeled_split(splits, config.train_split, config)
 
     labeled, rest = train, None
     if config.labeled_ids:
@@ -428,9 +461,7 @@ def load_segmentation_data(config: DataConfig) -> SegmentationData:
     sources = {"labeled": train_source, "unlabeled": unlabeled_source}
     eval_dataset = None
     if eval_split is not None:
-        sources["eval"] = f"split {eval_split!r} of {config.dataset_name}"
-        raw_eval = _get_split(splits, eval_split, config.dataset_name)
-        eval_dataset = _standardize_columns(raw_eval, config, sources["eval"], require_label=True)
+        eval_dataset, sources["eval"] = _labeled_split(splits, eval_split, config)
 
     return SegmentationData(
         labeled=labeled,
@@ -442,8 +473,36 @@ def load_segmentation_data(config: DataConfig) -> SegmentationData:
     )
 
 
+def _labeled_split(
+    splits: DatasetDict | IterableDatasetDict, split: str, config: DataConfig
+) -> tuple[Dataset | IterableDataset, str]:
+    """Split `split` of `splits` with its image / label columns standardized, and a description of it."""
+    source = f"split {split!r} of {config.dataset_name}"
+    return _standardize_columns(_get_split(splits, split, config.dataset_name), config, source, True), source
+
+
+def load_labeled_split(
+    config: DataConfig, split: str | None = None, streaming: bool = False
+) -> tuple[Dataset | IterableDataset, str]:
+    """One labeled split of `config.dataset_name` (any source) and a description of it, e.g. to evaluate on.
+
+    `split` defaults to the first of 'test', 'validation', 'val' that exists. Image / label columns and the
+    dataset configuration come from `config`; the label conventions are [`build_label_mapping`]'s. Raises
+    `DataValidationError` for an unknown split or column.
+    """
+    splits = load_source(config.dataset_name, config.dataset_config_name, streaming, config.cache_dir)
+    if split is None:
+        split = next((s for s in TEST_SPLIT_CANDIDATES if s in splits), None)
+        if split is None:
+            raise DataValidationError(
+                f"No split named {' / '.join(TEST_SPLIT_CANDIDATES)} in {config.dataset_name}: name one; "
+                f"available splits: {sorted(splits)}."
+            )
+    return _labeled_split(splits, split, config)
+
+
 def _load_unlabeled(
-    config: DataConfig, train: Dataset, rest: Dataset | None, train_source: str
+    config: DataConfig, train: Dataset | IterableDataset, rest: Dataset | None, train_source: str
 ) -> tuple[Dataset | IterableDataset | None, str]:
     """The unlabeled set and a description of where it comes from."""
     if config.unlabeled_dataset_name or config.unlabeled_split:

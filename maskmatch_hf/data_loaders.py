@@ -20,6 +20,13 @@ weak augmentation from its own seed (`data_transforms.py`). Hence the batches do
   the DataLoader returns worker outputs round-robin, so the order is the one of a single process. Within a pass
   the ranks' shares are disjoint; shares of unequal length make the ranks' passes drift apart over time.
 
+Streamed sets are checked example by example as they are read (`check_example`, e.g.
+`data_validation.check_example`): up front only their first rows can be, so a bad example later in the stream
+fails with an error naming it.
+
+Evaluation loaders make one pass over a set (map-style or streamed), each rank reading a disjoint share, and
+yield lists of same-size batches, so images of different sizes are never padded into one batch.
+
 Do not pass these loaders to `accelerator.prepare`: they are already sharded by rank, and prepare would shard
 them a second time (each rank would keep 1/world_size of its own shard), wrap the sampler in its own
 `BatchSamplerShard` (whose resume, `skip_first_batches`, decodes the skipped batches), and, for iterable
@@ -43,6 +50,8 @@ from .data import DataValidationError
 from .errors import MaskMatchUsageError
 
 Transform = Callable[[dict[str, Any], int], dict[str, torch.Tensor]]
+# `check(example, description)` raises an error naming the example (its file, else `description`) if it is unusable.
+ExampleCheck = Callable[[dict[str, Any], str], None]
 
 
 def sample_seed(*entropy: int) -> int:
@@ -140,6 +149,7 @@ class StreamingBatches(torch.utils.data.IterableDataset):
         start_step: int = 0,
         shuffle_buffer_size: int = 1000,
         collate_fn: Callable[[list[dict[str, torch.Tensor]]], dict[str, torch.Tensor]] = collate_segmentation,
+        check_example: ExampleCheck | None = None,
     ):
         check_batch_size(batch_size)
         self.dataset = dataset
@@ -151,6 +161,7 @@ class StreamingBatches(torch.utils.data.IterableDataset):
         self.start_step = start_step
         self.shuffle_buffer_size = shuffle_buffer_size
         self.collate_fn = collate_fn
+        self.check_example = check_example
 
     def pass_shard(self, epoch: int) -> IterableDataset:
         """This rank's share of pass `epoch`, in an order drawn from (seed, epoch), the same on every rank.
@@ -182,8 +193,34 @@ class StreamingBatches(torch.utils.data.IterableDataset):
         for step in itertools.count():
             chunk = [(next(counter), example) for example in itertools.islice(examples, self.batch_size)]
             if step >= self.start_step and (step - self.start_step) % num_workers == worker_id:
+                if self.check_example is not None:
+                    for n, example in chunk:
+                        self.check_example(example, f"streamed example {n} of rank {self.rank}")
                 samples = [self.transform(example, sample_seed(self.seed, self.rank, n)) for n, example in chunk]
                 yield self.collate_fn(samples)
+
+
+class TransformedStream(torch.utils.data.IterableDataset):
+    """One pass over a streamed `dataset`, checked and transformed example by example.
+
+    In DataLoader workers, `datasets` deals the stream's shards out to the workers.
+    """
+
+    def __init__(
+        self, dataset: IterableDataset, transform: Transform, check_example: ExampleCheck | None = None, rank: int = 0
+    ):
+        self.dataset = dataset
+        self.transform = transform
+        self.check_example = check_example
+        self.rank = rank
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        worker = get_worker_info()
+        reader = f"rank {self.rank}" + (f", DataLoader worker {worker.id}" if worker else "")
+        for number, example in enumerate(self.dataset):
+            if self.check_example is not None:
+                self.check_example(example, f"streamed example {number} read by {reader}")
+            yield self.transform(example, 0)
 
 
 def infinite_dataloader(
@@ -198,16 +235,27 @@ def infinite_dataloader(
     shuffle_buffer_size: int = 1000,
     ignore_index: int = 255,
     pin_memory: bool = False,
+    check_example: ExampleCheck | None = None,
 ) -> DataLoader:
     """A DataLoader whose iterator yields this rank's batches for steps `start_step, start_step + 1, ...` forever.
 
     Use one seed per stream (e.g. `seed` for labeled, `seed + 1` for unlabeled data) so the streams draw
     unrelated orders and augmentations. Iterate it once: `batches = iter(loader)`, then `next(batches)` per step.
+    `check_example` is run on every example of a streamed `dataset` before its transform.
     """
     collate_fn = functools.partial(collate_segmentation, ignore_index=ignore_index)
     if isinstance(dataset, IterableDataset):
         batches = StreamingBatches(
-            dataset, batch_size, transform, seed, rank, world_size, start_step, shuffle_buffer_size, collate_fn
+            dataset,
+            batch_size,
+            transform,
+            seed,
+            rank,
+            world_size,
+            start_step,
+            shuffle_buffer_size,
+            collate_fn,
+            check_example,
         )
         return DataLoader(batches, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
     sampler = InfiniteShardedBatchSampler(len(dataset), batch_size, seed, rank, world_size, start_step)
@@ -220,28 +268,40 @@ def infinite_dataloader(
     )
 
 
+def collate_by_size(samples: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """Stacks samples of the same image size together: one batch per size, sizes in order of first appearance."""
+    groups: dict[tuple[int, ...], list[dict[str, torch.Tensor]]] = {}
+    for sample in samples:
+        groups.setdefault(tuple(sample["pixel_values"].shape), []).append(sample)
+    return [{key: torch.stack([s[key] for s in group]) for key in group[0]} for group in groups.values()]
+
+
 def eval_dataloader(
-    dataset: Dataset,
+    dataset: Dataset | IterableDataset,
     transform: Transform,
     batch_size: int = 1,
     rank: int = 0,
     world_size: int = 1,
     num_workers: int = 0,
-    ignore_index: int = 255,
     pin_memory: bool = False,
+    check_example: ExampleCheck | None = None,
 ) -> DataLoader:
-    """One pass over rows `rank, rank + world_size, ...`: every row evaluated exactly once over all ranks.
+    """One pass over this rank's share of `dataset`: every example evaluated exactly once over all ranks.
 
-    Ranks may get one batch more than others, so reduce metric state (e.g. the confusion matrix) once after
-    the loop, not per batch. Batches of differently sized images are padded with `ignore_index` labels.
+    Map-style sets: rows `rank, rank + world_size, ...`. Streams: `split_dataset_by_node`, each example checked
+    with `check_example` (when given) as it is read. Each item is a list of batches of same-size images
+    ([`collate_by_size`]) from up to `batch_size` examples. Ranks may get different numbers of batches, so reduce
+    metric state (e.g. the confusion matrix) once after the loop, not per batch.
     """
+    loader_kwargs = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "collate_fn": collate_by_size,
+        "pin_memory": pin_memory,
+        "persistent_workers": num_workers > 0,
+    }
+    if isinstance(dataset, IterableDataset):
+        share = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+        return DataLoader(TransformedStream(share, transform, check_example, rank), **loader_kwargs)
     keys = [(index, 0) for index in range(rank, len(dataset), world_size)]
-    return DataLoader(
-        TransformedDataset(dataset, transform),
-        batch_size=batch_size,
-        sampler=keys,
-        num_workers=num_workers,
-        collate_fn=functools.partial(collate_segmentation, ignore_index=ignore_index),
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )
+    return DataLoader(TransformedDataset(dataset, transform), sampler=keys, **loader_kwargs)

@@ -71,6 +71,12 @@ class Resize:
         if (self.shorter_side is None) == (self.scale is None):
             raise ValueError("Resize takes exactly one of `shorter_side` and `scale`.")
 
+    @classmethod
+    def from_flag(cls, value: str) -> Resize:
+        """`--resize 180` (shorter side in pixels) or `--resize 0.5` (scale factor, any number below 8)."""
+        number = float(value)
+        return cls(shorter_side=int(number)) if number.is_integer() and number >= 8 else cls(scale=number)
+
     def __call__(self, size: tuple[int, int]) -> tuple[int, int]:
         """Output (width, height) for an input of (width, height)."""
         scale = self.scale if self.scale is not None else self.shorter_side / min(size)

@@ -33,23 +33,88 @@ def resize_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return nn.functional.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    """`(height, width)` of a positive int or pair of ints."""
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"`{name}` must be a positive int or (height, width) pair, got {value!r}.")
+    return int(pair[0]), int(pair[1])
+
+
+def _window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Offsets of `window`-long windows every `stride` covering `length`, the last one flush with the end."""
+    if length <= window:
+        return [0]
+    return [*range(0, length - window, stride), length - window]
+
+
+def sliding_window_probabilities(
+    model: nn.Module,
+    pixel_values: torch.FloatTensor,
+    window_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+) -> torch.FloatTensor:
+    """Class probabilities of any segmenter from overlapping windows (for images larger than the training crop).
+
+    Windows of `window_size` (int or `(height, width)`; shrunk to the image where it is smaller) every `stride`
+    (default: 2/3 of the window, as UniMatch evaluates), the last row / column flush with the image's edge. Each
+    window's logits are resized to the window and softmaxed; where windows overlap their probabilities are
+    averaged. A window covering the image gives whole-image inference. Returns float32
+    `(batch_size, num_labels, height, width)`; runs in the model's current mode.
+    """
+    height, width = pixel_values.shape[-2:]
+    window_h, window_w = _pair(window_size, "window_size")
+    if stride is None:
+        stride_h, stride_w = max(1, 2 * window_h // 3), max(1, 2 * window_w // 3)
+    else:
+        stride_h, stride_w = _pair(stride, "stride")
+    if stride_h > window_h or stride_w > window_w:
+        raise ValueError(f"The stride {(stride_h, stride_w)} must not exceed the window {(window_h, window_w)}.")
+    window_h, window_w = min(window_h, height), min(window_w, width)
+    tops, lefts = _window_starts(height, window_h, stride_h), _window_starts(width, window_w, stride_w)
+    total = None
+    for top in tops:
+        for left in lefts:
+            window = pixel_values[..., top : top + window_h, left : left + window_w]
+            probs = resize_maps(model(pixel_values=window).logits.float(), (window_h, window_w)).softmax(dim=1)
+            if total is None:
+                total = probs.new_zeros(probs.shape[:2] + (height, width))
+            total[..., top : top + window_h, left : left + window_w] += probs
+    rows, cols = total.new_zeros(height), total.new_zeros(width)
+    for top in tops:
+        rows[top : top + window_h] += 1
+    for left in lefts:
+        cols[left : left + window_w] += 1
+    return total / (rows[:, None] * cols[None, :])
+
+
 def multiscale_probabilities(
-    model: nn.Module, pixel_values: torch.FloatTensor, scales: Sequence[float] = (1.0,), flip: bool = False
+    model: nn.Module,
+    pixel_values: torch.FloatTensor,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    window_size: int | Sequence[int] | None = None,
+    window_stride: int | Sequence[int] | None = None,
 ) -> torch.FloatTensor:
     """Class probabilities of any segmenter averaged over input scales (and horizontal flips).
 
     Each view's logits are resized to the view (SegFormer's come at 1/4), softmaxed, resized back to
-    `pixel_values`' size and averaged. Returns float32 `(batch_size, num_labels, height, width)`. Runs in the
-    model's current mode; call under `torch.no_grad()` and `eval()` for inference.
+    `pixel_values`' size and averaged. With `window_size`, each view (at each scale) is segmented by
+    [`sliding_window_probabilities`] with `window_stride`. Returns float32 `(batch_size, num_labels, height,
+    width)`. Runs in the model's current mode; call under `torch.no_grad()` and `eval()` for inference.
     """
+    if window_stride is not None and window_size is None:
+        raise ValueError("`window_stride` needs a `window_size`.")
     size = tuple(pixel_values.shape[-2:])
     views = [pixel_values, pixel_values.flip(-1)] if flip else [pixel_values]
     total = None
     for scale in scales:
         scaled_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
         for flipped, view in enumerate(views):
-            logits = model(pixel_values=resize_maps(view, scaled_size)).logits.float()
-            probs = resize_maps(resize_maps(logits, scaled_size).softmax(dim=1), size)
+            probs = sliding_window_probabilities(
+                model, resize_maps(view, scaled_size), window_size or scaled_size, window_stride
+            )
+            probs = resize_maps(probs, size)
             probs = probs.flip(-1) if flipped else probs
             total = probs if total is None else total + probs
     return total / (len(scales) * len(views))
@@ -144,10 +209,16 @@ class MaskMatchForSemanticSegmentation(MaskMatchPreTrainedModel):
         )
 
     def ensemble_probabilities(
-        self, pixel_values: torch.FloatTensor, scales: Sequence[float] = (1.0,), flip: bool = False
+        self,
+        pixel_values: torch.FloatTensor,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        window_size: int | Sequence[int] | None = None,
+        window_stride: int | Sequence[int] | None = None,
     ) -> torch.FloatTensor:
-        """Class probabilities averaged over input scales (and horizontal flips); see [`multiscale_probabilities`]."""
-        return multiscale_probabilities(self, pixel_values, scales, flip)
+        """Class probabilities averaged over input scales (and horizontal flips), optionally from sliding windows;
+        see [`multiscale_probabilities`]."""
+        return multiscale_probabilities(self, pixel_values, scales, flip, window_size, window_stride)
 
     @classmethod
     def from_segmenter_pretrained(
@@ -182,4 +253,5 @@ __all__ = [
     "MaskMatchPreTrainedModel",
     "multiscale_probabilities",
     "resize_maps",
+    "sliding_window_probabilities",
 ]

@@ -1,10 +1,10 @@
 """The `maskmatch-segmentation` pipeline and the inference helpers it shares with `maskmatch-predict`.
 
-Test-time augmentation (multi-scale, flip; from `modeling_maskmatch`), label maps at the original image size,
-palettes and overlays, for MaskMatch and stock SegFormer / UperNet segmenters alike. [`save_pipeline`] saves this
-file and the model code it imports with a checkpoint, so `pipeline(model=checkpoint, trust_remote_code=True)`
-works where `maskmatch_hf` is not installed: it imports only torch, numpy, PIL, transformers and its siblings.
-"""
+Test-time augmentation (multi-scale, flip) and sliding windows (from `modeling_maskmatch`), label maps at the
+original image size, palettes and overlays, for MaskMatch and stock SegFormer / UperNet segmenters alike.
+[`save_pipeline`] saves this file and the model code it imports with a checkpoint, so
+`pipeline(model=checkpoint, trust_remote_code=True)` works where `maskmatch_hf` is not installed: it imports only
+torch, numpy, PIL, transformers and its siblings."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from transformers import AutoModelForSemanticSegmentation, BaseImageProcessor, P
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .modeling_maskmatch import multiscale_probabilities, resize_maps
+from .modeling_maskmatch import multiscale_probabilities, resize_maps, sliding_window_probabilities
 
 TASK = "maskmatch-segmentation"
 
@@ -103,7 +103,8 @@ class MaskMatchSegmentationPipeline(Pipeline):
 
     Returns, per image, `{"semantic_map": (height, width) int64 array at the image's size, "overlay": PIL image of
     the prediction blended over the image, "labels": {id: name} of the classes present}`. Call parameters: `scales`
-    (input scales to average, default `(1.0,)`), `flip` (also average horizontally flipped views), `alpha`
+    (input scales to average, default `(1.0,)`), `flip` (also average horizontally flipped views), `window_size` /
+    `window_stride` (sliding-window inference at each scale, see [`sliding_window_probabilities`]), `alpha`
     (overlay opacity, default 0.5), `timeout` (for image URLs). `batch_size > 1` needs images whose processed sizes
     match (an image processor that resizes).
     """
@@ -121,13 +122,15 @@ class MaskMatchSegmentationPipeline(Pipeline):
         self,
         scales: Sequence[float] | None = None,
         flip: bool | None = None,
+        window_size: int | Sequence[int] | None = None,
+        window_stride: int | Sequence[int] | None = None,
         alpha: float | None = None,
         timeout: float | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         preprocess_kwargs = {} if timeout is None else {"timeout": timeout}
         forward_kwargs = {} if scales is None else {"scales": tuple(scales)}
-        if flip is not None:
-            forward_kwargs["flip"] = flip
+        given = {"flip": flip, "window_size": window_size, "window_stride": window_stride}
+        forward_kwargs.update({name: value for name, value in given.items() if value is not None})
         postprocess_kwargs = {} if alpha is None else {"alpha": alpha}
         return preprocess_kwargs, forward_kwargs, postprocess_kwargs
 
@@ -137,11 +140,18 @@ class MaskMatchSegmentationPipeline(Pipeline):
         return {"pixel_values": inputs["pixel_values"].to(self.dtype), "image": image}
 
     def _forward(
-        self, model_inputs: dict[str, Any], scales: Sequence[float] = (1.0,), flip: bool = False
+        self,
+        model_inputs: dict[str, Any],
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        window_size: int | Sequence[int] | None = None,
+        window_stride: int | Sequence[int] | None = None,
     ) -> dict[str, Any]:
         images = model_inputs["image"]
         batched = isinstance(images, list)  # `batch_size > 1` collates the images into a list
-        probabilities = multiscale_probabilities(self.model, model_inputs["pixel_values"], scales, flip)
+        probabilities = multiscale_probabilities(
+            self.model, model_inputs["pixel_values"], scales, flip, window_size, window_stride
+        )
         maps = [
             label_map_at_size(p, (im.height, im.width))
             for p, im in zip(probabilities, images if batched else [images])
@@ -187,4 +197,5 @@ __all__ = [
     "multiscale_probabilities",
     "overlay",
     "save_pipeline",
+    "sliding_window_probabilities",
 ]

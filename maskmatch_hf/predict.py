@@ -114,12 +114,15 @@ def predict_label_maps(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     batch_size: int = 8,
+    window_size: int | Sequence[int] | None = None,
+    window_stride: int | Sequence[int] | None = None,
 ) -> list[np.ndarray]:
     """Predicted class ids, one `(height, width)` int64 array per image at the image's original size.
 
     Images go through the model `batch_size` at a time (images whose processed sizes differ run in separate
     forward passes). `scales` / `flip` average the softmaxes of rescaled / mirrored views (test-time augmentation,
-    [`multiscale_probabilities`]) before the arg-max.
+    [`multiscale_probabilities`]) before the arg-max; `window_size` / `window_stride` segment each view with
+    overlapping windows ([`sliding_window_probabilities`]).
     """
     label_maps = []
     for start in range(0, len(images), batch_size):
@@ -131,7 +134,7 @@ def predict_label_maps(
         batch_maps = [None] * len(batch)
         for indices in by_shape.values():
             inputs = torch.stack([pixel_values[i] for i in indices]).to(model.device, model.dtype)
-            probabilities = multiscale_probabilities(model, inputs, scales, flip)
+            probabilities = multiscale_probabilities(model, inputs, scales, flip, window_size, window_stride)
             for i, probs in zip(indices, probabilities):
                 batch_maps[i] = label_map_at_size(probs, (batch[i].height, batch[i].width))
         label_maps.extend(batch_maps)
@@ -151,6 +154,34 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[P
     return images, missing
 
 
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
+
+
+def add_window_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """`--{prefix}window_size` and `--{prefix}window_stride`: sliding-window inference flags."""
+    parser.add_argument(
+        f"--{prefix}window_size",
+        type=_positive_int,
+        help="Segment each (rescaled) image with overlapping square windows of this side in px; default: whole image.",
+    )
+    parser.add_argument(
+        f"--{prefix}window_stride",
+        type=_positive_int,
+        help=f"Step between windows, at most --{prefix}window_size; default: 2/3 of the window.",
+    )
+
+
+def check_window_arguments(args: argparse.Namespace, prefix: str = "") -> None:
+    """Raise `MaskMatchUsageError` when the sliding-window flags of [`add_window_arguments`] do not fit together."""
+    size, stride = getattr(args, f"{prefix}window_size"), getattr(args, f"{prefix}window_stride")
+    if stride is not None and (size is None or stride > size):
+        raise MaskMatchUsageError(f"--{prefix}window_stride needs --{prefix}window_size and must not exceed it.")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="maskmatch-predict", description="Segment images with a MaskMatch or stock SegFormer / UperNet model."
@@ -164,6 +195,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--scales", nargs="+", type=float, default=[1.0], help="Input scales to average (e.g. 0.75 1 1.25)."
     )
     parser.add_argument("--flip", action="store_true", help="Also average horizontally flipped predictions.")
+    add_window_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (cuda when available).")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="Default: the checkpoint's dtype.")
@@ -177,6 +209,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or not min(args.scales) > 0:
         raise MaskMatchUsageError("--batch_size must be at least 1 and every --scales value positive.")
+    check_window_arguments(args)
     return args
 
 
@@ -226,7 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     logger.error("Cannot read image %s: %s", path, error)
                     failed.append(path)
             label_maps = predict_label_maps(
-                model, image_processor, [image for _, image in loaded], args.scales, args.flip, args.batch_size
+                model,
+                image_processor,
+                [image for _, image in loaded],
+                args.scales,
+                args.flip,
+                args.batch_size,
+                args.window_size,
+                args.window_stride,
             )
             for (path, image), label_map in zip(loaded, label_maps):
                 write_prediction(image, label_map, palette, output_dir / path.stem, args.alpha, args.save_raw_labels)

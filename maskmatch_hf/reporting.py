@@ -11,7 +11,13 @@ from .configuration_maskmatch import MaskMatchConfig
 
 CURVES = ("loss", "loss_x", "loss_s", "loss_mask", "loss_fp")
 PER_CLASS_CONFIDENT = "confident_ratio"  # logged per class as "confident_ratio/<label>"
-TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "maskmatch_model_card.md"
+# The model card template, in `model_cards/` at the top of the repository; an installed package carries it inside
+# (pyproject.toml maps it to `maskmatch_hf/model_cards/`).
+_CARD_DIRS = (Path(__file__).resolve().parent / "model_cards", Path(__file__).resolve().parents[1] / "model_cards")
+TEMPLATE = next(
+    (d / "maskmatch_model_card.md" for d in _CARD_DIRS if (d / "maskmatch_model_card.md").is_file()),
+    _CARD_DIRS[0] / "maskmatch_model_card.md",
+)
 
 
 class TrainingHistory:

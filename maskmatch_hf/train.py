@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from accelerate.utils.constants import OPTIMIZER_NAME, RNG_STATE_NAME, SAFE_WEIGHTS_NAME, SCHEDULER_NAME, WEIGHTS_NAME
+from datasets import IterableDataset
 from tqdm.auto import tqdm
 from transformers import SegformerImageProcessorPil, get_scheduler
 
@@ -35,12 +37,13 @@ from .configuration_maskmatch import PRESETS, MaskMatchConfig
 from .data import DataConfig, load_segmentation_data, read_json_argument
 from .data_loaders import eval_dataloader, infinite_dataloader, sample_seed
 from .data_transforms import EvalTransform, Resize, WeakAugmentation
-from .data_validation import validate_segmentation_data
+from .data_validation import check_example, validate_segmentation_data
 from .errors import MaskMatchUsageError, check_local_or_hub, report_usage_errors
-from .metrics import SegmentationMetric
+from .evaluation import evaluate_segmenter
 from .modeling_maskmatch import MaskMatchForSemanticSegmentation
 from .objective import MaskMatchObjective
 from .pipeline_maskmatch import save_pipeline
+from .predict import add_window_arguments, check_window_arguments
 from .reporting import TrainingHistory, plot_training_curves, write_model_card
 from .segmenters import (
     BACKBONES,
@@ -101,12 +104,6 @@ def _str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
 
 
-def _scale_or_size(value: str) -> Resize:
-    """`--resize 180` (shorter side in pixels) or `--resize 0.5` (scale factor)."""
-    number = float(value)
-    return Resize(shorter_side=int(number)) if number.is_integer() and number >= 8 else Resize(scale=number)
-
-
 def _convert(action: argparse.Action, value: Any) -> Any:
     """Apply a flag's `type` to a value read from a config file, as argparse does for command-line strings."""
     if action.type is None or value is None:
@@ -132,19 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     data = parser.add_argument_group("data")
-    for field in dataclasses.fields(DataConfig):
-        kwargs: dict[str, Any] = {"help": field.metadata.get("help")}
-        if field.type in ("bool", bool):
-            kwargs.update(action="store_true")
-        else:
-            kwargs.update(
-                type={"int": int, "float": float, "int | None": int, "float | None": float}.get(str(field.type), str)
-            )
-        if field.default is not dataclasses.MISSING:
-            kwargs["default"] = field.default
-        data.add_argument(f"--{field.name}", **kwargs)
+    DataConfig.add_arguments(data)
     data.add_argument("--crop_size", type=int, default=512, help="Side of the square training crops.")
-    data.add_argument("--resize", type=_scale_or_size, help="Shorter side in px (e.g. 180) or scale (e.g. 0.5).")
+    data.add_argument("--resize", type=Resize.from_flag, help="Shorter side in px (e.g. 180) or scale (e.g. 0.5).")
     data.add_argument("--scale_range", type=float, nargs=2, default=(0.5, 2.0), help="Random rescale range.")
     data.add_argument("--validation_samples", type=int, default=2000, help="Rows checked per split before training.")
     data.add_argument("--dataloader_num_workers", type=int, default=0)
@@ -192,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval_steps", type=int, help="Evaluate every N steps (and always at the end).")
     train.add_argument("--eval_scales", type=float, nargs="+", default=[1.0], help="Multi-scale evaluation.")
     train.add_argument("--eval_flip", action="store_true", help="Average flipped predictions at evaluation.")
+    add_window_arguments(train, prefix="eval_")
     train.add_argument("--logging_steps", type=int, default=10)
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="Default: accelerate config.")
@@ -229,6 +217,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def validate_arguments(args: argparse.Namespace) -> None:
     """Checks flag values and the paths they name before anything is loaded; raises `MaskMatchUsageError`."""
+    check_window_arguments(args, prefix="eval_")
     for name in POSITIVE_FLAGS + NON_NEGATIVE_FLAGS:
         value = getattr(args, name)
         positive = name in POSITIVE_FLAGS
@@ -418,27 +407,6 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
-@torch.no_grad()
-def evaluate(
-    model: MaskMatchForSemanticSegmentation,
-    loader: torch.utils.data.DataLoader,
-    accelerator: Accelerator,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-) -> dict[str, Any]:
-    """mIoU of `model` on this rank's share of the eval set, summed over ranks."""
-    was_training = model.training
-    model.eval()
-    metric = SegmentationMetric(model.config.num_labels, ignore_index=model.config.ignore_index)
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
-        batch = to_device(batch, accelerator.device)
-        with accelerator.autocast():
-            probabilities = model.ensemble_probabilities(batch["pixel_values"], scales=scales, flip=flip)
-        metric.update(probabilities.argmax(dim=1), batch["labels"], accelerator=accelerator)
-    model.train(was_training)
-    return metric.compute()
-
-
 def save_final_model(
     model: MaskMatchForSemanticSegmentation,
     output_dir: Path,
@@ -535,9 +503,26 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "resize": args.resize,
         "label_mapping": data.label_mapping,
     }
+    # Up front only the first rows of a stream could be checked: the rest are checked as they are read.
+    checks = {
+        key: functools.partial(
+            check_example,
+            num_labels=config.num_labels,
+            label_mapping=data.label_mapping,
+            require_label=key != "unlabeled",
+        )
+        if isinstance(dataset, IterableDataset)
+        else None
+        for key, dataset in (("labeled", data.labeled), ("unlabeled", data.unlabeled), ("eval", data.eval))
+    }
     labeled_batches: Iterator[dict[str, torch.Tensor]] = iter(
         infinite_dataloader(
-            data.labeled, args.per_device_train_batch_size, WeakAugmentation(**weak), seed=args.seed, **loader_kwargs
+            data.labeled,
+            args.per_device_train_batch_size,
+            WeakAugmentation(**weak),
+            seed=args.seed,
+            check_example=checks["labeled"],
+            **loader_kwargs,
         )
     )
     unlabeled_batches = None
@@ -548,6 +533,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 args.per_device_unlabeled_batch_size or args.per_device_train_batch_size,
                 WeakAugmentation(**weak, return_pixel_mask=True),
                 seed=args.seed + 1,
+                check_example=checks["unlabeled"],
                 **loader_kwargs,
             )
         )
@@ -563,7 +549,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             accelerator.process_index,
             accelerator.num_processes,
             args.dataloader_num_workers,
-            config.ignore_index,
+            pin_memory=loader_kwargs["pin_memory"],
+            check_example=checks["eval"],
         )
 
     if resume is not None:
@@ -614,7 +601,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         last = completed == args.max_train_steps
         if eval_loader is not None and (last or (args.eval_steps and completed % args.eval_steps == 0)):
             eval_start = time.perf_counter()
-            scores = evaluate(student, eval_loader, accelerator, args.eval_scales, args.eval_flip)
+            scores = evaluate_segmenter(
+                student,
+                eval_loader,
+                accelerator,
+                args.eval_scales,
+                args.eval_flip,
+                args.eval_window_size,
+                args.eval_window_stride,
+                config.ignore_index,
+                show_progress=accelerator.is_local_main_process,
+            )
             eval_seconds += time.perf_counter() - eval_start
             improved = history.log_eval(completed, scores)
             progress.set_postfix(history.postfix())
@@ -664,7 +661,8 @@ def finish(
         model = MaskMatchForSemanticSegmentation.from_pretrained(best_dir) if best_dir.exists() else student
         eval_size = None
         if data.eval is not None and args.resize is not None:
-            eval_size = tuple(eval_transform(data.eval[0])["pixel_values"].shape[-2:])
+            first = next(iter(data.eval)) if isinstance(data.eval, IterableDataset) else data.eval[0]
+            eval_size = tuple(eval_transform(first)["pixel_values"].shape[-2:])
         save_final_model(model, output_dir, args.crop_size, eval_size)
         (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
         (output_dir / "training_history.json").write_text(json.dumps(history.state_dict()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, Features, List
+from datasets import ClassLabel, Dataset, Features, IterableDataset, List
 from datasets import Image as ImageFeature
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
@@ -28,12 +29,13 @@ from maskmatch_hf.data import (
 from maskmatch_hf.data_loaders import (
     InfiniteShardedBatchSampler,
     StreamingBatches,
+    collate_by_size,
     collate_segmentation,
     eval_dataloader,
     infinite_dataloader,
 )
 from maskmatch_hf.data_transforms import EvalTransform, Resize, WeakAugmentation
-from maskmatch_hf.data_validation import validate_segmentation_data
+from maskmatch_hf.data_validation import check_example, validate_segmentation_data
 
 CAMVID = Path(os.environ.get("MASKMATCH_CAMVID", Path(__file__).parents[1].parent / "shared/data/camvid"))
 # Colour of each class in the synthetic images: the colour of a pixel tells its label.
@@ -399,12 +401,24 @@ def test_ranks_get_disjoint_shards_covering_the_set(num_samples: int, world_size
     assert len(first) == 3 * per_rank
 
 
-def test_eval_loader_shards_without_duplicates(train_set: Dataset):
+@pytest.mark.parametrize("streamed", [False, True])
+def test_eval_loader_shards_without_duplicates(train_set: Dataset, streamed: bool):
+    dataset = train_set.to_iterable_dataset(num_shards=4) if streamed else train_set
     seen = []
     for rank in range(3):
-        for batch in eval_dataloader(train_set, stem_transform, batch_size=2, rank=rank, world_size=3):
-            seen += batch["pixel_values"][:, 0, 0, 0].long().tolist()
+        for batches in eval_dataloader(dataset, stem_transform, batch_size=2, rank=rank, world_size=3):
+            seen += [int(row) for batch in batches for row in batch["pixel_values"][:, 0, 0, 0]]
     assert sorted(seen) == list(range(10))
+
+
+def test_collate_by_size_groups_same_size_samples_in_order():
+    samples = [
+        {"pixel_values": torch.full((3, 2, 3), float(i)), "labels": torch.full((2, 3), i)} for i in range(3)
+    ] + [{"pixel_values": torch.zeros(3, 4, 2), "labels": torch.zeros(4, 2, dtype=torch.long)}]
+    samples[1] = {"pixel_values": torch.ones(3, 4, 2), "labels": torch.ones(4, 2, dtype=torch.long)}
+    first, second = collate_by_size(samples)
+    assert first["pixel_values"].shape == (2, 3, 2, 3) and first["labels"][:, 0, 0].tolist() == [0, 2]
+    assert second["pixel_values"].shape == (2, 3, 4, 2) and second["labels"][:, 0, 0].tolist() == [1, 0]
 
 
 @pytest.mark.parametrize("num_shards, world_size", [(10, 2), (5, 2), (5, 3)])  # whole shards / examples
@@ -460,3 +474,27 @@ def test_streamed_unlabeled_dataset_without_labels(tmp_path: Path):
     transform = WeakAugmentation(crop_size=16, return_pixel_mask=True)
     batch = next(iter(infinite_dataloader(data.unlabeled, 4, transform, seed=1)))
     assert set(batch) == {"pixel_values", "pixel_mask"} and batch["pixel_mask"].shape == (4, 16, 16)
+
+
+def test_streamed_labeled_data_is_checked_up_front_and_as_it_is_read(tmp_path: Path):
+    root = make_paired(tmp_path / "data", num_images=6)
+    make_paired(root, num_images=2, split="val", seed=1)
+    Image.fromarray(np.full((24, 40), 9, dtype=np.uint8)).save(root / "trainannot" / "img05.png")  # label 9 of 4
+    config = DataConfig(dataset_name=str(root), streaming_labeled=True)
+    data = load_segmentation_data(config)
+    assert isinstance(data.labeled, IterableDataset) and isinstance(data.eval, IterableDataset)
+    assert data.unlabeled is None and set(data.labeled.features) == {"image", "label"}
+
+    validate_segmentation_data(data, num_labels=4, validation_samples=3, require_unlabeled=False, show_progress=False)
+    with pytest.raises(DataValidationError, match=r"img05\.png holds label\(s\) \[9\] outside \[0, 4\)"):
+        validate_segmentation_data(data, num_labels=4, validation_samples=6, require_unlabeled=False)
+    # Past the rows checked up front, the loader checks each example it reads and names the bad one.
+    check = functools.partial(check_example, num_labels=4, label_mapping=data.label_mapping, require_label=True)
+    loader = infinite_dataloader(data.labeled, 2, WeakAugmentation(crop_size=16), seed=0, check_example=check)
+    with pytest.raises(DataValidationError, match=r"img05\.png holds label\(s\) \[9\]"):
+        take(loader, 3)
+
+    with pytest.raises(DataValidationError, match=r"\['mask'\] not found in split 'train'"):
+        load_segmentation_data(DataConfig(dataset_name=str(root), streaming_labeled=True, label_column="mask"))
+    with pytest.raises(ValueError, match="`streaming_labeled` streams all of `train_split`"):
+        load_segmentation_data(DataConfig(dataset_name=str(root), streaming_labeled=True, labeled_fraction=0.5))

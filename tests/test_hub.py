@@ -13,6 +13,7 @@ from .conftest import make_camvid_like, train_argv
 RELEASE = {
     "README.md",
     "all_results.json",
+    "training_history.json",
     "config.json",
     "configuration_efficientnet_lite.py",
     "configuration_maskmatch.py",

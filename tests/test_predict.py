@@ -94,14 +94,14 @@ def test_tta_goes_through_the_multiscale_ensemble(trained, monkeypatch):
     image = random_image(64, 48)
     calls = []
 
-    def spy(model, pixel_values, scales, flip):
-        calls.append((tuple(scales), flip))
-        return multiscale_probabilities(model, pixel_values, scales, flip)
+    def spy(model, pixel_values, scales, flip, *window):
+        calls.append((tuple(scales), flip, *window))
+        return multiscale_probabilities(model, pixel_values, scales, flip, *window)
 
     monkeypatch.setattr(predict, "multiscale_probabilities", spy)
     [tta] = predict_label_maps(model, image_processor, [image], scales=(0.5, 1.0), flip=True)
     [plain] = predict_label_maps(model, image_processor, [image])
-    assert calls == [((0.5, 1.0), True), ((1.0,), False)]
+    assert calls == [((0.5, 1.0), True, None, None), ((1.0,), False, None, None)]
 
     pixel_values = image_processor(images=image, return_tensors="pt")["pixel_values"]
     with torch.no_grad():

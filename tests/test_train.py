@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -196,3 +197,30 @@ def test_two_processes_train_on_disjoint_data(tmp_path, streaming):
     model = MaskMatchForSemanticSegmentation.from_pretrained(output_dir)
     loaded = {f"student.{k}": v for k, v in model.state_dict().items()}
     assert all(torch.equal(state[k], loaded[k]) for k in loaded if k in state)
+
+
+def test_streamed_labeled_data_trains_resumes_exactly_and_evaluates_with_windows(camvid_like, tmp_path):
+    def argv(output_dir, *extra):
+        flags = train_argv(camvid_like, output_dir, "--max_train_steps", "4", "--checkpointing_steps", "2",
+                           "--eval_steps", "2", "--streaming_labeled", "--train_split", "val", "--streaming",
+                           "--unlabeled_split", "train", "--eval_window_size", "32", "--eval_window_stride", "16",
+                           *extra)  # fmt: skip
+        index = flags.index("--labeled_ids")  # the streamed labeled set is a whole split
+        return flags[:index] + flags[index + 2 :]
+
+    main(argv(tmp_path / "straight"))
+    results = json.loads((tmp_path / "straight" / "all_results.json").read_text())
+    assert results["train_steps"] == 4 and 0 <= results["best_eval_mean_iou"] <= 1
+    results.pop("train_seconds_per_step")  # wall time
+
+    # Resume from the step-2 state in a fresh output dir: the streams pick up where they were.
+    shutil.copytree(tmp_path / "straight" / "step_2", tmp_path / "resumed" / "step_2")
+    main(argv(tmp_path / "resumed", "--resume_from_checkpoint", "latest"))
+    straight = load_file(tmp_path / "straight" / "step_4" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "step_4" / "model.safetensors")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    resumed_results = json.loads((tmp_path / "resumed" / "all_results.json").read_text())
+    assert resumed_results.pop("train_seconds_per_step") > 0 and resumed_results == results
+
+    with pytest.raises(SystemExit):
+        parse_args(argv(tmp_path / "x", "--eval_window_stride", "64"))  # larger than the window
