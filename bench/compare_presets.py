@@ -55,6 +55,10 @@ def machine() -> dict[str, str | int]:
 
 
 def git_commit() -> str:
+    """HEAD of this checkout, `+dirty` with uncommitted package changes. `BENCH_GIT_COMMIT` overrides it for
+    copies of the tree whose `.git` is not the one the code came from (e.g. a tree shipped to a GPU machine)."""
+    if os.environ.get("BENCH_GIT_COMMIT"):
+        return os.environ["BENCH_GIT_COMMIT"]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
         dirty = subprocess.run(

@@ -224,6 +224,8 @@ def write_model_card(
         crop_size=args.get("crop_size"),
         teacher=config.teacher,
         threshold=config.confidence_threshold,
+        class_thresholds=config.class_thresholds,
+        rampup=config.unlabeled_rampup_steps,
         scales=config.teacher_scales,
         mask_ratio=config.mask_ratio,
         mask_patch_size=config.mask_patch_size,

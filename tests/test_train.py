@@ -14,7 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from maskmatch_hf import MaskMatchForSemanticSegmentation, MaskMatchObjective
-from maskmatch_hf.train import build_scheduler, main, parameter_groups, parse_args, warmup_steps
+from maskmatch_hf.errors import MaskMatchUsageError
+from maskmatch_hf.train import build_scheduler, main, parameter_groups, parse_args, validate_arguments, warmup_steps
 
 from .conftest import make_camvid_like, tiny_model, train_argv
 
@@ -222,5 +223,5 @@ def test_streamed_labeled_data_trains_resumes_exactly_and_evaluates_with_windows
     resumed_results = json.loads((tmp_path / "resumed" / "all_results.json").read_text())
     assert resumed_results.pop("train_seconds_per_step") > 0 and resumed_results == results
 
-    with pytest.raises(SystemExit):
-        parse_args(argv(tmp_path / "x", "--eval_window_stride", "64"))  # larger than the window
+    with pytest.raises(MaskMatchUsageError, match="--eval_window_stride"):
+        validate_arguments(parse_args(argv(tmp_path / "x", "--eval_window_stride", "64")))  # larger than the window

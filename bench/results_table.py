@@ -1,0 +1,137 @@
+"""Render `bench/results/*.json` (written by `bench/compare_presets.py`) as the README's Results table.
+
+Each row is one run: its split, preset and recipe (every setting that differs from today's defaults, so the
+command below the table reproduces it with today's code), the final model's val mIoU, its IoU on the five rare
+classes, pseudo-label accuracy and confident-pixel ratio over the last tenth of training, s/step and the
+machine. The README section between the `results` markers is replaced in place:
+
+    python bench/results_table.py            # rewrite the README section
+    python bench/results_table.py --print    # print it instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+from maskmatch_hf import MaskMatchConfig
+from maskmatch_hf.configuration_efficientnet_lite import EfficientNetLiteConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+RARE = ("pole", "sign_symbol", "fence", "pedestrian", "bicyclist")
+RECIPE_FIELDS = ("class_thresholds", "teacher", "mask_patch_size", "mask_ratio", "ensemble_scales",
+                 "unlabeled_rampup_steps", "lambda_mask")  # fmt: skip
+BN_FLAG = "--segmenter_config"
+
+
+def default_bn_momentum(commit: str) -> float:
+    """EfficientNet-Lite's default BatchNorm momentum at `commit` (it changed from 0.01 to 0.1)."""
+    source = subprocess.run(
+        ["git", "show", f"{commit.removesuffix('+dirty')}:maskmatch_hf/configuration_efficientnet_lite.py"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return float(re.search(r"batch_norm_momentum: float \| int = ([\d.]+)", source).group(1))
+
+
+def extra_flags(record: dict) -> list[str]:
+    """The flags given after `--` to compare_presets.py, loader flags left out."""
+    argv = shlex.split(record["bench_command"])
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    for flag in ("--dataloader_num_workers",):
+        while flag in extra:
+            index = extra.index(flag)
+            del extra[index : index + 2]
+    return extra
+
+
+def recipe(record: dict) -> list[str]:
+    """Flags that make today's code train this run's recipe: its settings that differ from today's defaults."""
+    config, defaults = record["maskmatch_config"], MaskMatchConfig()
+    flags = []
+    # The supervised preset ignores every unlabeled-loss setting.
+    for name in RECIPE_FIELDS if record["preset"] != "supervised" else ():
+        value, default = config.get(name), getattr(defaults, name)
+        if value is not None and value != default:
+            flags += [f"--{name}", *map(str, value)] if isinstance(value, list) else [f"--{name}", str(value)]
+    extra = extra_flags(record)
+    if BN_FLAG in extra:
+        momentum = json.loads(extra[extra.index(BN_FLAG) + 1])["backbone_config"]["batch_norm_momentum"]
+    else:
+        momentum = default_bn_momentum(record["git_commit"])
+    if momentum != EfficientNetLiteConfig().batch_norm_momentum:
+        flags += [BN_FLAG, json.dumps({"backbone_config": {"batch_norm_momentum": momentum}})]
+    return flags
+
+
+def last(curve: list | None) -> str:
+    return "-" if not curve else f"{100 * curve[-1][1]:.1f}"
+
+
+def command(record: dict, flags: list[str]) -> str:
+    argv = ["python", "bench/compare_presets.py", "--camvid", ".camvid240", "--split", record["split"],
+            "--steps", str(record["steps"]), "--presets", record["preset"], "--seed", str(record["seed"])]  # fmt: skip
+    if record["tag"]:
+        argv += ["--tag", record["tag"]]
+    return shlex.join([*argv, *(["--", *flags] if flags else [])])
+
+
+def render(records: list[dict]) -> str:
+    lines = [
+        "| split | preset | recipe (vs. defaults) | seed | steps | val mIoU | rare-class IoU | PL acc. | confident"
+        " | s/step | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    commands = []
+    for record in records:
+        flags = recipe(record)
+        rare = sum(record["final_val_per_class_iou"][name] for name in RARE) / len(RARE)
+        shown = flags[: flags.index(BN_FLAG)] if BN_FLAG in flags else list(flags)
+        if BN_FLAG in flags:
+            shown.append(f"backbone BN momentum {json.loads(flags[-1])['backbone_config']['batch_norm_momentum']}")
+        shown = " ".join(shown)
+        device = (
+            record["machine"]["gpu"]
+            if record["machine"]["gpu"] != "none"
+            else f"{record['machine']['cpu_cores']} CPU cores"
+        )
+        lines.append(
+            f"| {record['split'].replace('_', '/')} | {record['preset']} | {shown or 'defaults'} | {record['seed']}"
+            f" | {record['steps']} | **{100 * record['final_val_mean_iou']:.2f}** | {100 * rare:.1f}"
+            f" | {last(record['pseudo_label_accuracy_curve'])} | {last(record['confident_ratio_curve'])}"
+            f" | {record['seconds_per_step']:.3f} | {device} |"
+        )
+        commands.append(f"# {record['name']} (commit {record['git_commit'][:7]})\n{command(record, flags)}")
+    body = "\n".join(lines)
+    reproduce = "\n".join(commands)
+    return f"{START}\n{body}\n\nEach row, reproduced with today's code:\n\n```bash\n{reproduce}\n```\n{END}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results_dir", type=Path, default=RESULTS)
+    parser.add_argument("--print", action="store_true", help="Print the section instead of rewriting README.md.")
+    args = parser.parse_args()
+    records = [json.loads(path.read_text()) for path in sorted(args.results_dir.glob("*.json"))]
+    order = {"supervised": 0, "fixmatch": 1, "unimatch": 2, "maskmatch": 3, "unimatch+maskmatch": 4}
+    records.sort(key=lambda r: (r["split"], r["steps"], order.get(r["preset"], 9), r["seed"], r["tag"] or ""))
+    section = render(records)
+    if args.print:
+        print(section)
+        return
+    readme = README.read_text()
+    if START not in readme or END not in readme:
+        raise SystemExit(f"{README} has no {START} ... {END} section to replace.")
+    before, rest = readme.split(START, 1)
+    README.write_text(before + section + rest.split(END, 1)[1])
+    print(f"Results table of {len(records)} runs written to {README}")
+
+
+if __name__ == "__main__":
+    main()
