@@ -183,7 +183,9 @@ def test_two_processes_train_on_disjoint_data(tmp_path, streaming):
     script.write_text(DISTRIBUTED_SCRIPT)
     output_dir = tmp_path / "out"
     extra = ["--max_train_steps", "3", "--checkpointing_steps", "3", "--eval_steps", "3",
-             "--per_device_train_batch_size", "1", "--per_device_unlabeled_batch_size", unlabeled_batch]  # fmt: skip
+             "--per_device_train_batch_size", "1", "--per_device_unlabeled_batch_size", unlabeled_batch,
+             "--class_thresholds", "adaptive"]  # fmt: skip
+    # (adaptive class thresholds: the class confidences are summed over the processes)
     if streaming:
         extra += ["--streaming", "--unlabeled_split", "train"]
     # --standalone: torchrun binds a free port itself (no race between picking a port and binding it).
