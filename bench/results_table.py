@@ -15,6 +15,7 @@ import argparse
 import json
 import re
 import shlex
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -110,7 +111,28 @@ def render(records: list[dict]) -> str:
         commands.append(f"# {record['name']} (commit {record['git_commit'][:7]})\n{command(record, flags)}")
     body = "\n".join(lines)
     reproduce = "\n".join(commands)
-    return f"{START}\n{body}\n\nEach row, reproduced with today's code:\n\n```bash\n{reproduce}\n```\n{END}"
+    return (
+        f"{START}\n{body}\n\n{seed_summary(records)}\n\nEach row, reproduced with today's code:\n\n"
+        f"```bash\n{reproduce}\n```\n{END}"
+    )
+
+
+def seed_summary(records: list[dict]) -> str:
+    """Mean, spread and count of the final val mIoU of recipes run more than once (other seeds, or reruns)."""
+    groups: dict[tuple, list[float]] = {}
+    for record in records:
+        key = (record["split"], record["steps"], record["preset"], " ".join(recipe(record)))
+        groups.setdefault(key, []).append(100 * record["final_val_mean_iou"])
+    rows = [
+        f"| {split.replace('_', '/')} | {preset} | {flags or 'defaults'} | {len(values)}"
+        f" | {statistics.mean(values):.2f} | {min(values):.2f}-{max(values):.2f} |"
+        for (split, _, preset, flags), values in groups.items()
+        if len(values) > 1
+    ]
+    if not rows:
+        return "No recipe has been run more than once yet."
+    header = "| split | preset | recipe | runs | mean val mIoU | range |\n|---|---|---|---|---|---|"
+    return "Recipes run more than once (seeds, or GPU reruns of one seed):\n\n" + header + "\n" + "\n".join(rows)
 
 
 def main() -> None:
