@@ -227,3 +227,17 @@ def test_streamed_labeled_data_trains_resumes_exactly_and_evaluates_with_windows
 
     with pytest.raises(MaskMatchUsageError, match="--eval_window_stride needs --eval_window_size"):
         validate_arguments(parse_args(argv(tmp_path / "x", "--eval_window_stride", "64")))  # larger than the window
+
+
+def test_checkpoint_steps_and_state_markers(tmp_path):
+    from maskmatch_hf.train import checkpoint_step, is_complete_state, training_states
+
+    assert checkpoint_step(tmp_path / "step_12") == 12 and checkpoint_step("step_x") is checkpoint_step("best") is None
+    for step, marker in ((3, "history.json"), (5, "state_complete.json"), (7, None)):  # 3: saved before the rename
+        (tmp_path / f"step_{step}").mkdir()
+        if marker:
+            (tmp_path / f"step_{step}" / marker).write_text(json.dumps({"step": step}))
+    (tmp_path / "step_9.tmp").mkdir()
+    states = training_states(tmp_path)
+    assert [step for step, _ in states] == [3, 5, 7]
+    assert [is_complete_state(path) for _, path in states] == [True, True, False]
