@@ -16,10 +16,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .configuration_maskmatch import IMAGENET_MEAN, IMAGENET_STD
 from .data import IMAGE_COLUMN, LABEL_COLUMN, DataValidationError, LabelMapping
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def open_image(value: Any) -> PIL.Image.Image:

@@ -101,6 +101,42 @@ def evaluate_segmenter(
     return {**scores, "num_images": int(num_images)}
 
 
+def _checked_loader(
+    dataset: Any,
+    source: str,
+    num_labels: int,
+    transform: EvalTransform,
+    batch_size: int,
+    num_workers: int,
+    validation_samples: int | None,
+    streaming: bool,
+    accelerator: Accelerator,
+) -> torch.utils.data.DataLoader:
+    """The loader of an evaluation split, after training's start-up check of its first `validation_samples`
+    rows; a streamed split is also checked example by example."""
+    label_mapping = transform.label_mapping
+    validate_split(
+        dataset,
+        f"evaluation set ({source})",
+        num_labels,
+        label_mapping,
+        require_label=True,
+        validation_samples=validation_samples,
+        show_progress=accelerator.is_local_main_process,
+    )
+    check = functools.partial(check_example, num_labels=num_labels, label_mapping=label_mapping, require_label=True)
+    return eval_dataloader(
+        dataset,
+        transform,
+        batch_size,
+        accelerator.process_index,
+        accelerator.num_processes,
+        num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+        check_example=check if streaming else None,
+    )
+
+
 def evaluate_checkpoint(
     model_name_or_path: str | os.PathLike,
     data_config: DataConfig,
@@ -138,31 +174,14 @@ def evaluate_checkpoint(
     label_mapping = build_label_mapping(data_config, is_camvid(data_config.dataset_name))
     model, image_processor = load_segmenter(model_name_or_path, accelerator.device, dtype, trust_remote_code)
     num_labels = model.config.num_labels
-    validate_split(
-        dataset,
-        f"evaluation set ({source})",
-        num_labels,
-        label_mapping,
-        require_label=True,
-        validation_samples=validation_samples,
-        show_progress=accelerator.is_local_main_process,
-    )
     transform = EvalTransform(
         image_mean=tuple(getattr(image_processor, "image_mean", None) or IMAGENET_MEAN),
         image_std=tuple(getattr(image_processor, "image_std", None) or IMAGENET_STD),
         resize=resize,
         label_mapping=label_mapping,
     )
-    check = functools.partial(check_example, num_labels=num_labels, label_mapping=label_mapping, require_label=True)
-    loader = eval_dataloader(
-        dataset,
-        transform,
-        batch_size,
-        accelerator.process_index,
-        accelerator.num_processes,
-        num_workers,
-        pin_memory=accelerator.device.type == "cuda",
-        check_example=check if streaming else None,
+    loader = _checked_loader(
+        dataset, source, num_labels, transform, batch_size, num_workers, validation_samples, streaming, accelerator
     )
     scores = evaluate_segmenter(
         model,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .configuration_maskmatch import MaskMatchConfig
+
+if TYPE_CHECKING:
+    from .training_args import DataArguments, TrainArguments
 
 CURVES = ("loss", "loss_x", "loss_s", "loss_mask", "loss_fp")
 PER_CLASS_CONFIDENT = "confident_ratio"  # logged per class as "confident_ratio/<label>"
@@ -154,19 +157,25 @@ def _dataset_id(dataset_name: str | None) -> str | None:
     return path.resolve().name if path.exists() else dataset_name
 
 
-def write_model_card(
-    output_dir: str | Path, config: MaskMatchConfig, results: dict[str, Any], args: dict[str, Any]
-) -> Path:
-    """README.md of the output dir: Hub metadata with a model-index, the recipe, per-class IoU, usage, limits."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+def _describe_data(data: DataArguments, config: MaskMatchConfig) -> dict[str, str]:
+    """Which images were labeled and which unlabeled, in words."""
+    if data.labeled_ids:
+        labeled = f"ids in `{Path(data.labeled_ids).name}`"
+    elif data.labeled_fraction:
+        labeled = f"{data.labeled_fraction:.1%} of `{data.train_split}`"
+    else:
+        labeled = f"split `{data.train_split}`"
+    unlabeled = data.unlabeled_dataset_name or data.unlabeled_split or "the other training images"
+    return {"labeled": labeled, "unlabeled": unlabeled if config.components.unlabeled else "none"}
 
-    dataset = _dataset_id(args.get("dataset_name"))
-    repo_id = args.get("hub_model_id") or Path(output_dir).name
-    eval_split = args.get("eval_split") or "validation"
-    miou = results.get("best_eval_mean_iou")
-    eval_results = []
+
+def _card_data(repo_id: str, dataset: str | None, miou: float | None, eval_split: str, args: TrainArguments, config):
+    """The card's Hub metadata, with a model-index entry for the best eval mIoU."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    eval_results = None
     if miou is not None:
-        eval_results.append(
+        eval_results = [
             EvalResult(
                 task_type="image-segmentation",
                 dataset_type=dataset,
@@ -176,19 +185,54 @@ def write_model_card(
                 metric_name="mIoU",
                 metric_value=round(100 * miou, 2),
             )
-        )
-    base_model = args.get("model_name_or_path")
-    segmenter = config.segmenter_config.model_type
-    backbone_config = getattr(config.segmenter_config, "backbone_config", None)
-    card_data = ModelCardData(
+        ]
+    base_model = args.model.model_name_or_path
+    return ModelCardData(
         model_name=repo_id,
         library_name="transformers",
         pipeline_tag="image-segmentation",
         datasets=[dataset] if dataset else None,
         base_model=base_model if base_model and not Path(base_model).exists() else None,
-        tags=["semantic-segmentation", "semi-supervised", "maskmatch", segmenter],
-        eval_results=eval_results or None,
+        tags=["semantic-segmentation", "semi-supervised", "maskmatch", config.segmenter_config.model_type],
+        eval_results=eval_results,
     )
+
+
+def _recipe(config: MaskMatchConfig, results: dict[str, Any], args: TrainArguments) -> dict[str, Any]:
+    """The template's training-recipe fields."""
+    training = args.training
+    return {
+        **_describe_data(args.data, config),
+        "steps": results.get("train_steps"),
+        "batch_size": training.per_device_train_batch_size,
+        "unlabeled_batch_size": training.per_device_unlabeled_batch_size or training.per_device_train_batch_size,
+        "resize": _describe_resize(args.data.resize),
+        "crop_size": args.data.crop_size,
+        "preset": config.preset,
+        "teacher": config.teacher,
+        "threshold": config.confidence_threshold,
+        "class_thresholds": config.class_thresholds,
+        "rampup": config.unlabeled_rampup_steps,
+        "scales": config.teacher_scales,
+        "mask_ratio": config.mask_ratio,
+        "mask_patch_size": config.mask_patch_size,
+        "lambda_s": config.lambda_s,
+        "lambda_mask": config.lambda_mask,
+        "lambda_fp": config.lambda_fp,
+        "num_labels": config.num_labels,
+    }
+
+
+def write_model_card(
+    output_dir: str | Path, config: MaskMatchConfig, results: dict[str, Any], args: TrainArguments
+) -> Path:
+    """README.md of the output dir: Hub metadata with a model-index, the recipe, per-class IoU, usage, limits."""
+    from huggingface_hub import ModelCard
+
+    dataset = _dataset_id(args.data.dataset_name)
+    repo_id = args.training.hub_model_id or Path(output_dir).name
+    eval_split = args.data.eval_split or "validation"
+    miou = results.get("best_eval_mean_iou")
     per_class = results.get("best_eval_per_category_iou")
     rows = [
         {
@@ -197,45 +241,23 @@ def write_model_card(
         }
         for i in range(config.num_labels)
     ]
+    backbone_config = getattr(config.segmenter_config, "backbone_config", None)
     card = ModelCard.from_template(
-        card_data,
+        _card_data(repo_id, dataset, miou, eval_split, args, config),
         template_path=str(TEMPLATE),
         model_name=repo_id,
         repo_id=repo_id,
         dataset=f"`{dataset}`" if dataset else "its dataset",
-        segmenter=segmenter,
+        segmenter=config.segmenter_config.model_type,
         backbone=f" with a {backbone_config.model_type} backbone" if backbone_config is not None else "",
-        preset=config.preset,
         results=[{"split": eval_split, "miou": f"{100 * miou:.2f}", "step": results.get("best_step")}]
         if miou is not None
         else [],
         per_class=rows,
-        labeled=args.get("labeled_ids")
-        and f"ids in `{Path(args['labeled_ids']).name}`"
-        or (args.get("labeled_fraction") and f"{args['labeled_fraction']:.1%} of `{args.get('train_split')}`")
-        or f"split `{args.get('train_split')}`",
-        unlabeled="none"
-        if not config.components.unlabeled
-        else (args.get("unlabeled_dataset_name") or args.get("unlabeled_split") or "the other training images"),
-        steps=results.get("train_steps"),
-        batch_size=args.get("per_device_train_batch_size"),
-        unlabeled_batch_size=args.get("per_device_unlabeled_batch_size") or args.get("per_device_train_batch_size"),
-        resize=_describe_resize(args.get("resize")),
-        crop_size=args.get("crop_size"),
-        teacher=config.teacher,
-        threshold=config.confidence_threshold,
-        class_thresholds=config.class_thresholds,
-        rampup=config.unlabeled_rampup_steps,
-        scales=config.teacher_scales,
-        mask_ratio=config.mask_ratio,
-        mask_patch_size=config.mask_patch_size,
-        lambda_s=config.lambda_s,
-        lambda_mask=config.lambda_mask,
-        lambda_fp=config.lambda_fp,
-        num_labels=config.num_labels,
         license_terms=CAMVID_TERMS
         if dataset and "camvid" in dataset.lower()
         else ("Respect the licence and terms of use of the training dataset, which also bind uses of this model."),
+        **_recipe(config, results, args),
     )
     path = Path(output_dir) / "README.md"
     card.save(path)

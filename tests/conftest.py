@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from datasets import Dataset
 from PIL import Image
 from transformers import ResNetConfig, SegformerConfig, UperNetConfig
 
 from maskmatch_hf import MaskMatchConfig, MaskMatchForSemanticSegmentation
 from maskmatch_hf.configuration_efficientnet_lite import EfficientNetLiteConfig
+from maskmatch_hf.data import DataConfig, load_segmentation_data, read_id_list
+
+from .data_helpers import CAMVID, make_paired
 
 # Tiny models gain nothing from a second thread, and OpenMP threads that spin while another process holds the
 # other core make steps 100x slower; subprocesses inherit the setting through the environment.
@@ -177,3 +181,24 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     output_dir = root / "checkpoint"
     main(train_argv(data, output_dir, "--max_train_steps", "2", "--eval_steps", "2"))
     return output_dir
+
+
+@pytest.fixture
+def mini_camvid(tmp_path: Path) -> Path:
+    """A few CamVid frames in the SegNet layout, linked (not copied) into a folder named like CamVid's."""
+    root = tmp_path / "camvid_mini"
+    stems = {"train": read_id_list(CAMVID / "splits/1_8/labeled.txt")[:4], "val": ["0016E5_07959"]}
+    for split, split_stems in stems.items():
+        for folder in (split, f"{split}annot"):
+            (root / folder).mkdir(parents=True)
+            for stem in split_stems:
+                (root / folder / f"{stem}.png").symlink_to(CAMVID / folder / f"{stem}.png")
+    return root
+
+
+# Sources
+
+
+@pytest.fixture
+def train_set(tmp_path: Path) -> Dataset:
+    return load_segmentation_data(DataConfig(dataset_name=str(make_paired(tmp_path / "data")))).labeled

@@ -87,9 +87,9 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(camvid_like, tmp_path
 
 def test_polynomial_schedule_decays_each_group_from_its_own_base_lr():
     argv = ["--dataset_name", "x", "--output_dir", "o", "--max_train_steps", "20", "--learning_rate", "3e-4"]
-    args = parse_args([*argv, "--num_warmup_steps", "0.1"])
-    assert warmup_steps(args) == 2 and warmup_steps(parse_args([*argv, "--num_warmup_steps", "5"])) == 5
-    assert warmup_steps(parse_args(argv)) == 1  # the default: 5% of the steps
+    args = parse_args([*argv, "--num_warmup_steps", "0.1"]).training
+    assert warmup_steps(args) == 2 and warmup_steps(parse_args([*argv, "--num_warmup_steps", "5"]).training) == 5
+    assert warmup_steps(parse_args(argv).training) == 1  # the default: 5% of the steps
     optimizer = torch.optim.AdamW(parameter_groups(tiny_model(), args), lr=args.learning_rate)
     scheduler = build_scheduler(optimizer, args, num_processes=1)
     for step in range(20):
@@ -119,8 +119,9 @@ def test_config_file_supplies_flags_and_rejects_unknown_keys(tmp_path):
         "pretrained_backbone: true\nensemble_scales: [1, 1.5]\n"
     )
     args = parse_args(["--config", str(config), "--mask_ratio", "0.6"])
-    assert (args.dataset_name, args.preset, args.mask_ratio) == ("somewhere", "fixmatch", 0.6)
-    assert args.resize.shorter_side == 180 and args.pretrained_backbone and args.ensemble_scales == [1.0, 1.5]
+    assert (args.data.dataset_name, args.maskmatch.preset, args.maskmatch.mask_ratio) == ("somewhere", "fixmatch", 0.6)
+    assert args.data.resize.shorter_side == 180 and args.model.pretrained_backbone
+    assert args.maskmatch.ensemble_scales == [1.0, 1.5]
     config.write_text("dataset_name: somewhere\nmask_ratoi: 0.5\noutput_dir: out\n")
     with pytest.raises(SystemExit):
         parse_args(["--config", str(config)])
@@ -145,8 +146,9 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
     WeakAugmentation.__call__ = recording_call
     original_finish = train_module.finish
 
-    def checking_finish(args, accelerator, student, *rest):
+    def checking_finish(run, data):
         # Runs while the process group is still up (the trainer tears it down after `finish`).
+        student = run.student
         rank, world = dist.get_rank(), dist.get_world_size()
         flat = torch.cat([p.detach().flatten() for p in student.parameters()])
         everyone = [torch.zeros_like(flat) for _ in range(world)]
@@ -161,7 +163,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
                 assert all(shares), "a rank read no data"
                 assert not shares[0] & shares[1], f"ranks read the same images (unlabeled={unlabeled})"
             print("DISTRIBUTED OK", json.dumps([len(s) for s in per_rank]))
-        return original_finish(args, accelerator, student, *rest)
+        return original_finish(run, data)
 
     train_module.finish = checking_finish
     train_module.main(sys.argv[1:])
@@ -225,5 +227,19 @@ def test_streamed_labeled_data_trains_resumes_exactly_and_evaluates_with_windows
     resumed_results = json.loads((tmp_path / "resumed" / "all_results.json").read_text())
     assert resumed_results.pop("train_seconds_per_step") > 0 and resumed_results == results
 
-    with pytest.raises(MaskMatchUsageError, match="--eval_window_stride"):
+    with pytest.raises(MaskMatchUsageError, match="--eval_window_stride needs --eval_window_size"):
         validate_arguments(parse_args(argv(tmp_path / "x", "--eval_window_stride", "64")))  # larger than the window
+
+
+def test_checkpoint_steps_and_state_markers(tmp_path):
+    from maskmatch_hf.train import checkpoint_step, is_complete_state, training_states
+
+    assert checkpoint_step(tmp_path / "step_12") == 12 and checkpoint_step("step_x") is checkpoint_step("best") is None
+    for step, marker in ((3, "history.json"), (5, "state_complete.json"), (7, None)):  # 3: saved before the rename
+        (tmp_path / f"step_{step}").mkdir()
+        if marker:
+            (tmp_path / f"step_{step}" / marker).write_text(json.dumps({"step": step}))
+    (tmp_path / "step_9.tmp").mkdir()
+    states = training_states(tmp_path)
+    assert [step for step, _ in states] == [3, 5, 7]
+    assert [is_complete_state(path) for _, path in states] == [True, True, False]

@@ -1,0 +1,58 @@
+"""`reporting.py`: the training history, `all_results.json` summary, the curves plot and the model card."""
+
+import numpy as np
+from PIL import Image
+
+from maskmatch_hf.reporting import TrainingHistory, plot_training_curves, write_model_card
+from maskmatch_hf.training_args import parse_args
+
+from .conftest import tiny_model
+
+
+def _history(num_classes: int = 3) -> TrainingHistory:
+    history = TrainingHistory()
+    for step in range(1, 21):
+        history.log_train(step, {"loss": 2.0 / step, "loss_x": 1.0 / step, "confident_ratio": step / 20,
+                                 "pseudo_label_accuracy": 0.5, "confident_ratio/sky": 0.1})  # fmt: skip
+    scores = {"mean_accuracy": 0.5, "overall_accuracy": 0.7, "per_category_iou": np.full(num_classes, 0.25)}
+    assert history.log_eval(10, {**scores, "mean_iou": 0.3})
+    assert not history.log_eval(20, {**scores, "mean_iou": 0.2})
+    return history
+
+
+def test_history_results_and_state_round_trip():
+    history = _history()
+    history.seconds_per_step = 0.5
+    results = history.results()
+    assert results["train_steps"] == 20 and results["train_loss"] == 0.1 and results["train_seconds_per_step"] == 0.5
+    assert (
+        results["best_step"] == 10 and results["best_eval_mean_iou"] == 0.3 and results["final_eval_mean_iou"] == 0.2
+    )
+    assert results["final_confident_ratio"] == np.mean([19 / 20, 1.0])  # the last 10% of the steps
+    assert history.postfix() == {"loss": "0.100", "loss_x": "0.050", "confident_ratio": "1.000", "mIoU": "20.0"}
+    restored = TrainingHistory()
+    restored.load_state_dict(history.state_dict())
+    assert restored.state_dict() == history.state_dict() and restored.results()["best_step"] == 10
+    assert TrainingHistory().results() == {"train_steps": 0, "train_loss": None}
+
+
+def test_training_curves_plot(tmp_path):
+    plot_training_curves(_history(), tmp_path / "curves.png")
+    with Image.open(tmp_path / "curves.png") as plot:
+        assert plot.size[0] > 400 and len(np.unique(np.asarray(plot.convert("L")))) > 10
+
+
+def test_model_card_from_typed_arguments(tmp_path):
+    config = tiny_model().config
+    results = {"train_steps": 20, "best_eval_mean_iou": 0.3, "best_step": 10,
+               "best_eval_per_category_iou": [0.25] * config.num_labels}  # fmt: skip
+    args = parse_args(["--dataset_name", "someone/streets", "--output_dir", str(tmp_path / "run"),
+                       "--labeled_fraction", "0.125", "--resize", "0.5", "--crop_size", "64",
+                       "--push_to_hub", "--hub_model_id", "me/streets-maskmatch"])  # fmt: skip
+    card = write_model_card(tmp_path, config, results, args).read_text()
+    assert "model-index:" in card and "pipeline_tag: image-segmentation" in card and "30.00" in card
+    assert "me/streets-maskmatch" in card and "- someone/streets" in card and "12.5% of `train`" in card
+    assert "x0.5" in card and "non-commercial" not in card
+    supervised = parse_args(["--dataset_name", "d", "--output_dir", "o", "--labeled_ids", "ids/labeled.txt"])
+    card = write_model_card(tmp_path, config, {"train_steps": 2}, supervised).read_text()
+    assert "ids in `labeled.txt`" in card and "model-index:" not in card
