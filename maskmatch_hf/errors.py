@@ -2,14 +2,16 @@
 
 A `MaskMatchUsageError` is a problem with what the user passed (a flag, a file, the data), found before work
 is lost: the console scripts print its message alone (`error: ...`) and exit with code 1. Any other exception is
-a bug and keeps its traceback.
+a bug and keeps its traceback. Flags renamed since a release keep working through [`rename_deprecated_flags`],
+with a `FutureWarning` naming the new flag.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from huggingface_hub.errors import HFValidationError
@@ -46,3 +48,27 @@ def check_local_or_hub(name_or_path: str, flag: str) -> None:
         validate_repo_id(name_or_path)
     except HFValidationError:
         raise MaskMatchUsageError(f"{flag} {name_or_path}: the local path does not exist.") from None
+
+
+def warn_deprecated(old: str, new: str, where: str = "") -> None:
+    """A `FutureWarning` that `old` (a flag, or a config file key, `where` naming the file) is now `new`."""
+    warnings.warn(
+        f"{old}{where} is deprecated and will be removed in a future release; use {new} instead.",
+        FutureWarning,
+        stacklevel=3,
+    )
+
+
+def rename_deprecated_flags(argv: Sequence[str], renames: Mapping[str, str]) -> list[str]:
+    """`argv` with every deprecated flag of `renames` (`{"--old": "--new"}`; `--old value` or `--old=value`) given
+    its new name, each with a [`warn_deprecated`] warning: a command calls it on its argv before parsing, so that
+    scripts written for an older release keep working. Arguments after `--` are kept as they are."""
+    renamed = list(argv)
+    for index, argument in enumerate(renamed):
+        if argument == "--":
+            break
+        flag, equals, value = argument.partition("=")
+        if flag in renames:
+            warn_deprecated(flag, renames[flag])
+            renamed[index] = f"{renames[flag]}{equals}{value}"
+    return renamed

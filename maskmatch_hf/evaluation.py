@@ -1,8 +1,10 @@
 """Score a semantic segmenter on a labeled split: the `maskmatch-evaluate` command and its library functions.
 
 ```bash
-maskmatch-evaluate --model outputs/camvid-maskmatch --dataset_name ../shared/data/camvid --split val --resize 180
-accelerate launch --num_processes 2 -m maskmatch_hf.evaluation --model ... --dataset_name ...   # several processes
+maskmatch-evaluate --model_name_or_path outputs/camvid-maskmatch --dataset_name ../shared/data/camvid \
+    --split val --resize 180
+# several processes:
+accelerate launch --num_processes 2 -m maskmatch_hf.evaluation --model_name_or_path ... --dataset_name ...
 ```
 
 prints mIoU, mean accuracy, overall accuracy and a per-class IoU / accuracy table, and writes them to a JSON file
@@ -21,6 +23,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,10 +39,17 @@ from .data import DataConfig, build_label_mapping, is_camvid, load_labeled_split
 from .data_loaders import eval_dataloader
 from .data_transforms import EvalTransform, Resize
 from .data_validation import check_example, validate_split
-from .errors import MaskMatchUsageError, check_local_or_hub, report_usage_errors
+from .errors import MaskMatchUsageError, check_local_or_hub, rename_deprecated_flags, report_usage_errors
 from .metrics import SegmentationMetric
 from .modeling_maskmatch import multiscale_probabilities
-from .predict import DTYPES, add_window_arguments, check_window_arguments, load_segmenter
+from .predict import (
+    DEPRECATED_FLAGS,
+    DTYPES,
+    add_ensemble_arguments,
+    add_window_arguments,
+    check_window_arguments,
+    load_segmenter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +179,7 @@ def evaluate_checkpoint(
     if streaming and validation_samples is None:
         raise ValueError("A streamed split is checked on its first `validation_samples` rows: give a number.")
     accelerator = accelerator or Accelerator()
-    check_local_or_hub(str(model_name_or_path), "--model")
+    check_local_or_hub(str(model_name_or_path), "--model_name_or_path")
     dataset, source = load_labeled_split(data_config, split, streaming)
     label_mapping = build_label_mapping(data_config, is_camvid(data_config.dataset_name))
     model, image_processor = load_segmenter(model_name_or_path, accelerator.device, dtype, trust_remote_code)
@@ -233,7 +243,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, D
         prog="maskmatch-evaluate",
         description="Score a MaskMatch or stock SegFormer / UperNet checkpoint on a labeled split (mIoU).",
     )
-    parser.add_argument("--model", required=True, help="Checkpoint directory or Hub id.")
+    parser.add_argument("--model_name_or_path", required=True, help="Checkpoint directory or Hub id.")
     data = parser.add_argument_group("data (as in training)")
     DataConfig.add_arguments(data, only=DATA_FLAGS)
     data.add_argument("--split", help="Split to score; default: 'test', 'validation' or 'val', the first present.")
@@ -246,10 +256,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, D
     )
     data.add_argument("--validation_samples", type=int, default=2000, help="Rows checked before scoring.")
     inference = parser.add_argument_group("inference")
-    inference.add_argument(
-        "--scales", nargs="+", type=float, default=[1.0], help="Input scales to average (e.g. 0.75 1 1.25)."
-    )
-    inference.add_argument("--flip", action="store_true", help="Also average horizontally flipped predictions.")
+    add_ensemble_arguments(inference)
     add_window_arguments(inference)
     inference.add_argument("--batch_size", type=int, default=1, help="Images per forward pass (per process).")
     inference.add_argument("--num_workers", type=int, default=0, help="DataLoader workers per process.")
@@ -258,12 +265,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, D
         "--trust_remote_code", action="store_true", help="Allow model code shipped with the checkpoint to run."
     )
     parser.add_argument("--output_file", default="eval_results.json", help="Where to write the scores (JSON).")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(rename_deprecated_flags(sys.argv[1:] if argv is None else argv, DEPRECATED_FLAGS))
     if args.dataset_name is None:
         raise MaskMatchUsageError("--dataset_name is required.")
-    if args.batch_size < 1 or args.num_workers < 0 or min(args.scales) <= 0:
+    if args.batch_size < 1 or args.num_workers < 0 or min(args.ensemble_scales) <= 0:
         raise MaskMatchUsageError(
-            "--batch_size must be at least 1, --num_workers non-negative and every --scales value positive."
+            "--batch_size must be at least 1, --num_workers non-negative and every --ensemble_scales value positive."
         )
     if args.validation_samples is not None and args.validation_samples < 1:
         raise MaskMatchUsageError("--validation_samples must be at least 1.")
@@ -279,13 +286,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     accelerator = Accelerator()
     try:
         results = evaluate_checkpoint(
-            args.model,
+            args.model_name_or_path,
             data_config,
             split=args.split,
             streaming=args.streaming,
             resize=args.resize,
-            scales=args.scales,
-            flip=args.flip,
+            scales=args.ensemble_scales,
+            flip=args.ensemble_flip,
             window_size=args.window_size,
             window_stride=args.window_stride,
             batch_size=args.batch_size,
@@ -299,10 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise MaskMatchUsageError(str(error)) from error
     if accelerator.is_main_process:
         settings = {
-            "model": str(args.model),
+            "model_name_or_path": str(args.model_name_or_path),
             "resize": None if args.resize is None else vars(args.resize),
-            "scales": args.scales,
-            "flip": args.flip,
+            "ensemble_scales": args.ensemble_scales,
+            "ensemble_flip": args.ensemble_flip,
             "window_size": args.window_size,
             "window_stride": args.window_stride,
         }

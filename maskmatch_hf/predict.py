@@ -1,8 +1,8 @@
 """Run a trained segmenter on images: library functions and the `maskmatch-predict` command.
 
 ```bash
-maskmatch-predict --model outputs/camvid-maskmatch --inputs frames/ street.png --output_dir predictions \
-    --scales 0.75 1 1.25 --flip
+maskmatch-predict --model_name_or_path outputs/camvid-maskmatch --inputs frames/ street.png \
+    --output_dir predictions --ensemble_scales 0.75 1 1.25 --ensemble_flip
 ```
 
 writes `<stem>_mask.png` (colour label map), `<stem>_overlay.png` (label map over the image), with
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +38,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATI
 from . import MaskMatchConfig  # noqa: F401  (registers MaskMatch with the auto classes)
 from .configuration_maskmatch import IMAGENET_MEAN, IMAGENET_STD
 from .data import IMAGE_EXTENSIONS
-from .errors import MaskMatchUsageError, check_local_or_hub, report_usage_errors
+from .errors import MaskMatchUsageError, check_local_or_hub, rename_deprecated_flags, report_usage_errors
 from .pipeline_maskmatch import (
     colorize,
     label_map_at_size,
@@ -50,6 +51,9 @@ from .pipeline_maskmatch import (
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The flags of `maskmatch-predict` and `maskmatch-evaluate` before they were named as in `maskmatch-train` and
+# `MaskMatchConfig`: still accepted, with a `FutureWarning`.
+DEPRECATED_FLAGS = {"--model": "--model_name_or_path", "--scales": "--ensemble_scales", "--flip": "--ensemble_flip"}
 
 __all__ = [
     "colorize",
@@ -161,6 +165,19 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def add_ensemble_arguments(parser: argparse._ActionsContainer) -> None:
+    """`--ensemble_scales` and `--ensemble_flip`: the multi-scale / flip ensemble (test-time augmentation) flags,
+    named as `MaskMatchConfig`'s teacher ensemble (formerly `--scales` and `--flip`, see `DEPRECATED_FLAGS`)."""
+    parser.add_argument(
+        "--ensemble_scales",
+        nargs="+",
+        type=float,
+        default=[1.0],
+        help="Input scales whose softmaxes are averaged (e.g. 0.75 1 1.25).",
+    )
+    parser.add_argument("--ensemble_flip", action="store_true", help="Also average horizontally flipped predictions.")
+
+
 def add_window_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     """`--{prefix}window_size` and `--{prefix}window_stride`: sliding-window inference flags."""
     parser.add_argument(
@@ -186,15 +203,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="maskmatch-predict", description="Segment images with a MaskMatch or stock SegFormer / UperNet model."
     )
-    parser.add_argument("--model", required=True, help="Checkpoint directory or Hub id.")
+    parser.add_argument("--model_name_or_path", required=True, help="Checkpoint directory or Hub id.")
     parser.add_argument(
         "--inputs", nargs="+", required=True, help="Image files and/or directories of images (not recursive)."
     )
     parser.add_argument("--output_dir", required=True, help="Where to write the masks and overlays.")
-    parser.add_argument(
-        "--scales", nargs="+", type=float, default=[1.0], help="Input scales to average (e.g. 0.75 1 1.25)."
-    )
-    parser.add_argument("--flip", action="store_true", help="Also average horizontally flipped predictions.")
+    add_ensemble_arguments(parser)
     add_window_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (cuda when available).")
@@ -206,9 +220,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--trust_remote_code", action="store_true", help="Allow model code shipped with the checkpoint to run."
     )
-    args = parser.parse_args(argv)
-    if args.batch_size < 1 or not min(args.scales) > 0:
-        raise MaskMatchUsageError("--batch_size must be at least 1 and every --scales value positive.")
+    args = parser.parse_args(rename_deprecated_flags(sys.argv[1:] if argv is None else argv, DEPRECATED_FLAGS))
+    if args.batch_size < 1 or not min(args.ensemble_scales) > 0:
+        raise MaskMatchUsageError("--batch_size must be at least 1 and every --ensemble_scales value positive.")
     check_window_arguments(args)
     return args
 
@@ -232,8 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        check_local_or_hub(args.model, "--model")
-        model, image_processor = load_segmenter(args.model, device, DTYPES.get(args.dtype), args.trust_remote_code)
+        check_local_or_hub(args.model_name_or_path, "--model_name_or_path")
+        model, image_processor = load_segmenter(
+            args.model_name_or_path, device, DTYPES.get(args.dtype), args.trust_remote_code
+        )
     except (OSError, ValueError) as error:
         logger.error("Cannot load the model: %s", error)
         return 2
@@ -262,8 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model,
                 image_processor,
                 [image for _, image in loaded],
-                args.scales,
-                args.flip,
+                args.ensemble_scales,
+                args.ensemble_flip,
                 args.batch_size,
                 args.window_size,
                 args.window_stride,

@@ -213,7 +213,7 @@ def _recipe(config: MaskMatchConfig, results: dict[str, Any], args: TrainArgumen
         "threshold": config.confidence_threshold,
         "class_thresholds": config.class_thresholds,
         "rampup": config.unlabeled_rampup_steps,
-        "scales": config.teacher_scales,
+        "teacher_scales": config.teacher_scales,
         "mask_ratio": config.mask_ratio,
         "mask_patch_size": config.mask_patch_size,
         "lambda_s": config.lambda_s,

@@ -217,7 +217,7 @@ def prepare_output_dir(args: LoopArguments, accelerator: Accelerator) -> tuple[P
 
 def check_crop_size(args: TrainArguments, config: MaskMatchConfig) -> int:
     """Checks that the training crops, at every teacher scale, are large enough for the segmenter; returns the
-    smallest side an evaluation image may have (at `--resize`, before the `--eval_scales`)."""
+    smallest side an evaluation image may have (at `--resize`, before the `--eval_ensemble_scales`)."""
     crop_size = args.data.crop_size
     min_side = minimum_input_side(config.segmenter_config)
     min_scale = min(config.teacher_scales)
@@ -227,7 +227,7 @@ def check_crop_size(args: TrainArguments, config: MaskMatchConfig) -> int:
             f"px per side (the teacher sees the crops at scale {min_scale}): use --crop_size "
             f"{math.ceil(min_side / min_scale)} or more."
         )
-    return math.ceil(min_side / min(args.training.eval_scales))
+    return math.ceil(min_side / min(args.training.eval_ensemble_scales))
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -440,7 +440,7 @@ def evaluate_and_checkpoint(run: TrainingRun, completed: int) -> None:
     if run.loaders.eval is not None and (last or (training.eval_steps and completed % training.eval_steps == 0)):
         start = time.perf_counter()
         scores = evaluate_segmenter(
-            run.student, run.loaders.eval, accelerator, training.eval_scales, training.eval_flip,
+            run.student, run.loaders.eval, accelerator, training.eval_ensemble_scales, training.eval_ensemble_flip,
             training.eval_window_size, training.eval_window_stride, run.student.config.ignore_index,
             show_progress=accelerator.is_local_main_process,
         )  # fmt: skip

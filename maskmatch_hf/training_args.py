@@ -25,11 +25,19 @@ from transformers import HfArgumentParser
 from .configuration_maskmatch import PRESETS, MaskMatchConfig
 from .data import DataConfig
 from .data_transforms import Resize
-from .errors import MaskMatchUsageError, check_local_or_hub
+from .errors import MaskMatchUsageError, check_local_or_hub, rename_deprecated_flags, warn_deprecated
 from .predict import _positive_int, check_window_arguments
 from .segmenters import BACKBONES, SEGFORMER_VARIANTS
 
 DEFAULT_WARMUP = 0.05
+# Renamed flags (so that each concept has one name across the commands and `MaskMatchConfig`), still accepted on
+# the command line and as `--config` keys, with a `FutureWarning`. (`--model` also matched `--model_name_or_path`
+# as an argparse abbreviation.)
+DEPRECATED_FLAGS = {
+    "--model": "--model_name_or_path",
+    "--eval_scales": "--eval_ensemble_scales",
+    "--eval_flip": "--eval_ensemble_flip",
+}
 # Flags that must be positive, or non-negative, when set.
 POSITIVE_FLAGS = (
     "max_train_steps",
@@ -43,7 +51,7 @@ POSITIVE_FLAGS = (
     "head_learning_rate_multiplier",
     "checkpointing_steps",
     "eval_steps",
-    "eval_scales",
+    "eval_ensemble_scales",
     "logging_steps",
     "validation_samples",
     "upernet_hidden_size",
@@ -182,8 +190,13 @@ class LoopArguments:
     checkpoints_total_limit: int = field(default=2, metadata={"help": "Training states kept (0: all)."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a step_N directory."})
     eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (and always at the end)."})
-    eval_scales: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "Multi-scale evaluation."})
-    eval_flip: bool = field(default=False, metadata={"help": "Average flipped predictions at evaluation."})
+    eval_ensemble_scales: list[float] = field(
+        default_factory=lambda: [1.0],
+        metadata={"help": "Input scales whose softmaxes evaluation averages (e.g. 0.75 1 1.25)."},
+    )
+    eval_ensemble_flip: bool = field(
+        default=False, metadata={"help": "Also average horizontally flipped predictions at evaluation."}
+    )
     eval_window_size: int | None = field(
         default=None,
         metadata={
@@ -256,7 +269,13 @@ def config_file_argv(path: str | Path, parser: TrainArgumentParser) -> list[str]
     path = Path(path)
     if not path.is_file():
         parser.error(f"--config file not found: {path}")
-    values = yaml.safe_load(path.read_text()) or {}  # JSON is YAML too
+    values = {}
+    for key, value in (yaml.safe_load(path.read_text()) or {}).items():  # JSON is YAML too
+        if f"--{key}" in DEPRECATED_FLAGS:
+            new_key = DEPRECATED_FLAGS[f"--{key}"].removeprefix("--")
+            warn_deprecated(f"{key!r}", f"{new_key!r}", f" (a key of {path})")
+            key = new_key
+        values[key] = value
     names = {f.name for group in GROUPS for f in dataclasses.fields(group)} | {"config"}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -275,8 +294,9 @@ def config_file_argv(path: str | Path, parser: TrainArgumentParser) -> list[str]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainArguments:
-    """Flags, with defaults from `--config` when given (flags on the command line win)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Flags, with defaults from `--config` when given (flags on the command line win). Deprecated flag names
+    ([`DEPRECATED_FLAGS`]) are renamed, with a `FutureWarning`, on the command line and in the file."""
+    argv = rename_deprecated_flags(sys.argv[1:] if argv is None else argv, DEPRECATED_FLAGS)
     parser = TrainArgumentParser()
     config_only = argparse.ArgumentParser(add_help=False)
     config_only.add_argument("--config")
