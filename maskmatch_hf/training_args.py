@@ -31,12 +31,15 @@ from .segmenters import BACKBONES, SEGFORMER_VARIANTS
 
 DEFAULT_WARMUP = 0.05
 # Renamed flags (so that each concept has one name across the commands and `MaskMatchConfig`), still accepted on
-# the command line and as `--config` keys, with a `FutureWarning`. (`--model` also matched `--model_name_or_path`
-# as an argparse abbreviation.)
+# the command line (with underscores or, as `HfArgumentParser` allows, dashes) and as `--config` keys, with a
+# `FutureWarning`. `--model` is `maskmatch-predict`'s and `maskmatch-evaluate`'s former name of the flag, which
+# argparse also took here as an abbreviation of `--model_name_or_path`.
 DEPRECATED_FLAGS = {
     "--model": "--model_name_or_path",
     "--eval_scales": "--eval_ensemble_scales",
     "--eval_flip": "--eval_ensemble_flip",
+    "--eval-scales": "--eval_ensemble_scales",
+    "--eval-flip": "--eval_ensemble_flip",
 }
 # Flags that must be positive, or non-negative, when set.
 POSITIVE_FLAGS = (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -100,6 +102,19 @@ def run_without_maskmatch(script: str, *args: str, cwd: Path) -> subprocess.Comp
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+def documented_commands(program: str, *modules: object) -> list[list[str]]:
+    """The arguments of every `program` command in the README's bash blocks and in the modules' docstrings."""
+    texts = [(Path(__file__).resolve().parents[1] / "README.md").read_text(), *(m.__doc__ or "" for m in modules)]
+    commands = []
+    for text in texts:
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                if program in words and "..." not in words:
+                    commands.append(words[words.index(program) + 1 :])
+    return commands
 
 
 def free_port() -> int:

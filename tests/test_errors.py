@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -24,7 +25,7 @@ from maskmatch_hf import train as train_module
 from maskmatch_hf.data import CAMVID_ID2LABEL
 from maskmatch_hf.data_loaders import InfiniteShardedBatchSampler
 from maskmatch_hf.data_transforms import WeakAugmentation
-from maskmatch_hf.errors import MaskMatchUsageError
+from maskmatch_hf.errors import MaskMatchUsageError, rename_deprecated_flags
 
 from .conftest import make_camvid_like, tiny_model, train_argv
 
@@ -67,7 +68,7 @@ def truncate(path: Path) -> None:
         ("--crop_size", "0"),
         ("--resize", "0"),
         ("--scale_range", "0", "2"),
-        ("--eval_scales", "1", "-0.5"),
+        ("--eval_ensemble_scales", "1", "-0.5"),
         ("--gradient_accumulation_steps", "0"),
         ("--max_train_steps", "0"),
         ("--eval_steps", "0"),
@@ -168,9 +169,9 @@ def test_missing_or_unloadable_model_path(camvid_like, tmp_path, capsys, caplog,
     assert message.startswith("error: --model_name_or_path not/there: no such local path, and as a Hub repo id: ")
 
     Image.new("RGB", (16, 16)).save(tmp_path / "x.png")
-    argv = ["--model", "/no/such/dir", "--inputs", str(tmp_path / "x.png"), "--output_dir", str(tmp_path / "pred")]
-    assert predict_module.main(argv) == 2
-    assert "Cannot load the model: --model /no/such/dir: the local path does not exist." in caplog.text
+    argv = ["--inputs", str(tmp_path / "x.png"), "--output_dir", str(tmp_path / "pred")]
+    assert predict_module.main(["--model_name_or_path", "/no/such/dir", *argv]) == 2
+    assert "Cannot load the model: --model_name_or_path /no/such/dir: the local path does not exist." in caplog.text
     assert not (tmp_path / "pred").exists()
 
 
@@ -261,7 +262,29 @@ def test_console_scripts_print_the_message_alone(camvid_like, tmp_path):
     result = subprocess.run([*command, "--per_device_train_batch_size", "0"], capture_output=True, text=True)
     assert (result.returncode, result.stderr) == (1, "error: --per_device_train_batch_size must be positive, got 0.\n")
 
+    # `--model`, the deprecated name of `--model_name_or_path`: it still works, and the warning reaches the user.
     command = [sys.executable, "-m", "maskmatch_hf.predict", "--model", "/no/such/dir", "--inputs", str(tmp_path)]
     result = subprocess.run([*command, "--output_dir", str(tmp_path / "pred")], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "--model /no/such/dir: the local path does not exist." in result.stderr
+    assert "--model_name_or_path /no/such/dir: the local path does not exist." in result.stderr
+    assert "FutureWarning: --model is deprecated" in result.stderr and "use --model_name_or_path" in result.stderr
+
+
+def test_rename_deprecated_flags_warns_and_keeps_values():
+    renames = {"--model": "--model_name_or_path", "--scales": "--ensemble_scales"}
+    argv = ["--model", "m", "--scales=0.5", "1", "--model_name_or_path_x", "--", "--model"]
+    with pytest.warns(FutureWarning) as caught:
+        renamed = rename_deprecated_flags(argv, renames)
+    assert renamed == [
+        "--model_name_or_path", "m", "--ensemble_scales=0.5", "1", "--model_name_or_path_x", "--", "--model"
+    ]  # fmt: skip
+    assert [str(w.message) for w in caught] == [
+        "--model is deprecated and will be removed in a future release; use --model_name_or_path instead.",
+        "--scales is deprecated and will be removed in a future release; use --ensemble_scales instead.",
+    ]
+    assert caught[0].filename == __file__  # the warning points at the caller, not at the helper
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rename_deprecated_flags(["--model_name_or_path", "m", "--ensemble_scales=1"], renames) == [
+            "--model_name_or_path", "m", "--ensemble_scales=1"
+        ]  # fmt: skip

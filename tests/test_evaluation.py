@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,14 @@ from datasets import Dataset
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from maskmatch_hf import MaskMatchForSemanticSegmentation
+from maskmatch_hf import MaskMatchForSemanticSegmentation, evaluation
 from maskmatch_hf.data import CAMVID_ID2LABEL, DataConfig, DataValidationError, LabelMapping
 from maskmatch_hf.data_transforms import EvalTransform
-from maskmatch_hf.evaluation import evaluate_checkpoint, main
+from maskmatch_hf.evaluation import evaluate_checkpoint, main, parse_args
 from maskmatch_hf.metrics import SegmentationMetric
 from maskmatch_hf.modeling_maskmatch import multiscale_probabilities
 
-from .conftest import PALETTE
+from .conftest import PALETTE, documented_commands
 
 SCORES = ("mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou", "per_category_accuracy")
 
@@ -55,12 +56,15 @@ def assert_same_scores(first: dict, second: dict, atol: float = 0.0) -> None:
 
 def test_cli_prints_and_writes_the_scores_training_reported(trained_checkpoint, camvid_val, tmp_path, capsys):
     output_file = tmp_path / "scores" / "val.json"
-    argv = ["--model", str(trained_checkpoint), "--dataset_name", str(camvid_val), "--output_file", str(output_file)]
+    argv = ["--model_name_or_path", str(trained_checkpoint), "--dataset_name", str(camvid_val)]
+    argv += ["--output_file", str(output_file)]
     assert main(argv) == 0  # default split: 'val'
     printed = capsys.readouterr().out
     written = json.loads(output_file.read_text())
     assert set(SCORES) <= set(written) and written["num_images"] == 3 and written["split"].startswith("split 'val'")
     assert written["class_names"] == list(CAMVID_ID2LABEL.values()) and len(written["per_category_iou"]) == 11
+    settings = {"model_name_or_path": str(trained_checkpoint), "resize": None, "ensemble_scales": [1.0]}
+    assert {key: written[key] for key in settings} == settings and written["ensemble_flip"] is False
 
     trained = json.loads((trained_checkpoint / "all_results.json").read_text())
     assert written["mean_iou"] == pytest.approx(trained["best_eval_mean_iou"], abs=1e-12)
@@ -122,7 +126,7 @@ def test_stock_checkpoint_scores_like_its_maskmatch_original(trained_checkpoint,
 def test_bad_input_gets_clear_errors(trained_checkpoint, camvid_val, test_folder, tmp_path, capsys):
     def fails(*argv: str, model: Path = trained_checkpoint) -> str:
         capsys.readouterr()
-        assert main(["--model", str(model), "--output_file", str(tmp_path / "x.json"), *argv]) == 1
+        assert main(["--model_name_or_path", str(model), "--output_file", str(tmp_path / "x.json"), *argv]) == 1
         assert not (tmp_path / "x.json").exists()
         error = capsys.readouterr().err
         assert "\nerror: " in "\n" + error.replace("\r", "\n") and "Traceback" not in error
@@ -157,7 +161,8 @@ def test_bad_example_later_in_a_stream_is_named(trained_checkpoint, test_folder,
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_two_processes_score_like_one(trained_checkpoint, camvid_val, tmp_path, streaming):
-    argv = ["--model", str(trained_checkpoint), "--dataset_name", str(camvid_val), "--scales", "0.75", "1"]
+    argv = ["--model_name_or_path", str(trained_checkpoint), "--dataset_name", str(camvid_val)]
+    argv += ["--ensemble_scales", "0.75", "1"]
     argv += ["--streaming"] if streaming else []
     assert main([*argv, "--output_file", str(tmp_path / "one.json")]) == 0
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -168,3 +173,32 @@ def test_two_processes_score_like_one(trained_checkpoint, camvid_val, tmp_path, 
     assert result.stdout.count("mIoU") == 1  # printed once, by the main process
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
     assert one == two and two["num_images"] == 3
+
+
+def test_flags_share_training_names_and_the_old_ones_still_work(capsys):
+    """`--model_name_or_path`, `--ensemble_scales`, `--ensemble_flip`; `--model`, `--scales`, `--flip` (also as
+    `--flag=value`) are deprecated aliases with a FutureWarning naming the new flag."""
+    new, new_data = parse_args(
+        ["--model_name_or_path", "m", "--dataset_name", "d", "--ensemble_scales", "0.5", "1", "--ensemble_flip"]
+    )
+    assert (new.model_name_or_path, new.ensemble_scales, new.ensemble_flip) == ("m", [0.5, 1.0], True)
+    with pytest.warns(FutureWarning) as caught:
+        old, old_data = parse_args(["--model=m", "--dataset_name=d", "--scales", "0.5", "1", "--flip"])
+    assert (old, old_data) == (new, new_data)
+    assert [re.match(r"(--\w+) is deprecated.*; use (--\w+) instead\.$", str(w.message)).groups() for w in caught] == [
+        ("--model", "--model_name_or_path"), ("--scales", "--ensemble_scales"), ("--flip", "--ensemble_flip")
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    flags = set(re.findall(r"--\w+", capsys.readouterr().out))
+    assert {"--model_name_or_path", "--ensemble_scales", "--ensemble_flip"} <= flags
+    assert not {"--model", "--scales", "--flip"} & flags
+
+
+def test_documented_commands_parse_without_deprecation_warnings():
+    commands = documented_commands("maskmatch-evaluate", evaluation)
+    assert len(commands) >= 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for argv in commands:
+            assert parse_args(argv)[0].model_name_or_path.startswith("outputs/")

@@ -1,6 +1,8 @@
 """`maskmatch_hf.predict`: loading, test-time augmentation, palettes and the `maskmatch-predict` command."""
 
 import logging
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from maskmatch_hf.data import CAMVID_ID2LABEL
 from maskmatch_hf.modeling_maskmatch import multiscale_probabilities
 from maskmatch_hf.predict import colorize, label_palette, legend, load_segmenter, main, overlay, predict_label_maps
 
-from .conftest import PALETTE, assert_label_maps_match, tiny_model
+from .conftest import PALETTE, assert_label_maps_match, documented_commands, tiny_model
 
 
 def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -36,7 +38,7 @@ def test_cli_writes_masks_overlays_and_raw_labels(trained_checkpoint, trained, t
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
 
-    argv = ["--model", str(trained_checkpoint), "--inputs", str(folder), str(tmp_path / "c.png")]
+    argv = ["--model_name_or_path", str(trained_checkpoint), "--inputs", str(folder), str(tmp_path / "c.png")]
     assert main([*argv, "--output_dir", str(out), "--save_raw_labels", "--batch_size", "2", "--device", "cpu"]) == 0
 
     model, image_processor = trained
@@ -61,7 +63,8 @@ def test_cli_reports_unreadable_and_missing_inputs_and_finishes_the_batch(traine
 
     with caplog.at_level(logging.ERROR):
         code = main(
-            ["--model", str(trained_checkpoint), "--inputs", *inputs, "--output_dir", str(out), "--batch_size", "4"]
+            ["--model_name_or_path", str(trained_checkpoint), "--inputs", *inputs, "--output_dir", str(out)]
+            + ["--batch_size", "4"]
         )
 
     assert code == 1
@@ -83,7 +86,8 @@ def test_wrong_checkpoint_type_fails_at_once(tmp_path, caplog):
     random_image(16, 16).save(tmp_path / "x.png")
     with caplog.at_level(logging.ERROR):
         code = main(
-            ["--model", str(classifier), "--inputs", str(tmp_path / "x.png"), "--output_dir", str(tmp_path / "out")]
+            ["--model_name_or_path", str(classifier), "--inputs", str(tmp_path / "x.png")]
+            + ["--output_dir", str(tmp_path / "out")]
         )
     assert code == 2
     assert "ResNetConfig" in caplog.text and not (tmp_path / "out").exists()
@@ -175,3 +179,33 @@ def test_palettes_colorize_overlay_and_legend():
     with pytest.raises(ValueError, match="label map is 2x2"):
         overlay(random_image(3, 2), label_map, generic)
     assert legend(CAMVID_ID2LABEL, camvid).height == 11 * 20
+
+
+def test_flags_share_training_names_and_the_old_ones_still_work(capsys):
+    """`--model_name_or_path`, `--ensemble_scales`, `--ensemble_flip`; `--model`, `--scales`, `--flip` (also as
+    `--flag=value`) are deprecated aliases with a FutureWarning naming the new flag."""
+    required = ["--inputs", "frames/", "--output_dir", "out"]
+    new = predict.parse_args(
+        ["--model_name_or_path", "m", *required, "--ensemble_scales", "0.5", "1", "--ensemble_flip"]
+    )
+    assert (new.model_name_or_path, new.ensemble_scales, new.ensemble_flip) == ("m", [0.5, 1.0], True)
+    with pytest.warns(FutureWarning) as caught:
+        old = predict.parse_args(["--model=m", *required, "--scales", "0.5", "1", "--flip"])
+    assert old == new
+    assert [re.match(r"(--\w+) is deprecated.*; use (--\w+) instead\.$", str(w.message)).groups() for w in caught] == [
+        ("--model", "--model_name_or_path"), ("--scales", "--ensemble_scales"), ("--flip", "--ensemble_flip")
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):
+        predict.parse_args(["--help"])
+    flags = set(re.findall(r"--\w+", capsys.readouterr().out))
+    assert {"--model_name_or_path", "--ensemble_scales", "--ensemble_flip"} <= flags
+    assert not {"--model", "--scales", "--flip"} & flags
+
+
+def test_documented_commands_parse_without_deprecation_warnings():
+    commands = documented_commands("maskmatch-predict", predict)
+    assert len(commands) >= 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for argv in commands:
+            assert predict.parse_args(argv).ensemble_flip

@@ -112,7 +112,8 @@ def test_predict_and_the_pipeline_use_the_same_windows(trained_checkpoint, train
     np.testing.assert_array_equal(segmenter(image, **tta, **WINDOW)["semantic_map"], windowed)
 
     image.save(tmp_path / "frame.png")
-    argv = ["--model", str(trained_checkpoint), "--inputs", str(tmp_path / "frame.png"), "--save_raw_labels"]
+    argv = ["--model_name_or_path", str(trained_checkpoint), "--inputs", str(tmp_path / "frame.png")]
+    argv += ["--save_raw_labels"]
     assert main([*argv, "--output_dir", str(tmp_path / "out"), "--window_size", "24", "--window_stride", "16"]) == 0
     [plain] = predict_label_maps(model, image_processor, [image], **WINDOW)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "frame_labels.png")), plain)

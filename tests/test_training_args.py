@@ -6,6 +6,7 @@ import re
 import shlex
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -102,8 +103,8 @@ FLAG_DEFAULTS = {
     "checkpoints_total_limit": 2,
     "resume_from_checkpoint": None,
     "eval_steps": None,
-    "eval_scales": [1.0],
-    "eval_flip": False,
+    "eval_ensemble_scales": [1.0],
+    "eval_ensemble_flip": False,
     "eval_window_size": None,
     "eval_window_stride": None,
     "logging_steps": 10,
@@ -132,6 +133,8 @@ def test_flag_names_are_unique_across_groups_and_help_lists_them_all():
     )
     listed = set(re.findall(r"--(\w+)", result.stdout))
     assert set(FLAG_DEFAULTS) | {"config", "help"} <= listed
+    shown = set(re.findall(r"--([\w-]+)", result.stdout))
+    assert not {"model", "eval_scales", "eval_flip", "eval-scales", "eval-flip"} & shown  # deprecated: not shown
 
 
 def test_maskmatch_flags_are_generated_from_the_config_and_default_to_unset():
@@ -178,10 +181,12 @@ def test_example_config_files(path, monkeypatch):
 def test_json_config_file_and_its_errors(tmp_path, capsys):
     config = tmp_path / "run.json"
     config.write_text(
-        json.dumps({"dataset_name": "d", "output_dir": "o", "eval_scales": [0.5, 1], "label_map": {"11": 255}})
+        json.dumps(
+            {"dataset_name": "d", "output_dir": "o", "eval_ensemble_scales": [0.5, 1], "label_map": {"11": 255}}
+        )
     )
-    args = parse_args(["--config", str(config), "--eval_scales", "2"])
-    assert args.training.eval_scales == [2.0] and json.loads(args.data.label_map) == {"11": 255}
+    args = parse_args(["--config", str(config), "--eval_ensemble_scales", "2"])
+    assert args.training.eval_ensemble_scales == [2.0] and json.loads(args.data.label_map) == {"11": 255}
     config.write_text(json.dumps({"dataset_name": "d", "mask_ratoi": 0.5, "lerning_rate": 1}))
     with pytest.raises(SystemExit):
         parse_args(["--config", str(config), "--output_dir", "o"])
@@ -190,6 +195,54 @@ def test_json_config_file_and_its_errors(tmp_path, capsys):
     )
     with pytest.raises(SystemExit):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
+
+
+def _deprecations(caught) -> list[tuple[str, str]]:
+    return [re.match(r"(\S+?)(?: \(a key of .*\))? is deprecated.*; use (\S+) instead\.$", str(w.message)).groups()
+            for w in caught]  # fmt: skip
+
+
+def test_deprecated_flags_still_work_and_warn():
+    """`--eval_scales` / `--eval_flip` are now `--eval_ensemble_scales` / `--eval_ensemble_flip` (as
+    MaskMatchConfig's `ensemble_scales` / `ensemble_flip`), `--model` is `--model_name_or_path` in every command."""
+    new = parse_args([*REQUIRED, "--model_name_or_path", "m", "--eval_ensemble_scales", "0.5", "1",
+                      "--eval_ensemble_flip"])  # fmt: skip
+    assert (new.training.eval_ensemble_scales, new.training.eval_ensemble_flip) == ([0.5, 1.0], True)
+    for old_argv, scales_flag in (
+        (["--model", "m", "--eval_scales", "0.5", "1", "--eval_flip"], "--eval_scales"),
+        (["--model=m", "--eval-scales", "0.5", "1", "--eval_flip=true"], "--eval-scales"),
+    ):
+        with pytest.warns(FutureWarning) as caught:
+            assert parse_args([*REQUIRED, *old_argv]) == new
+        assert _deprecations(caught) == [
+            ("--model", "--model_name_or_path"),
+            (scales_flag, "--eval_ensemble_scales"),
+            ("--eval_flip", "--eval_ensemble_flip"),
+        ]
+    # MaskMatchConfig's ensemble (the teacher's) keeps its name: no warning, and not the evaluation's flag.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        args = parse_args([*REQUIRED, "--ensemble_scales", "0.5", "1", "--ensemble_flip", "true"])
+    assert args.maskmatch.overrides() == {"ensemble_scales": [0.5, 1.0], "ensemble_flip": True}
+    assert args.training.eval_ensemble_scales == [1.0] and not args.training.eval_ensemble_flip
+
+
+def test_deprecated_config_file_keys_still_work_and_warn(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset_name: d\noutput_dir: o\neval_scales: [0.75, 1]\neval_flip: true\nmodel: m\n")
+    with pytest.warns(FutureWarning) as caught:
+        args = parse_args(["--config", str(config)])
+    assert (args.training.eval_ensemble_scales, args.training.eval_ensemble_flip) == ([0.75, 1.0], True)
+    assert args.model.model_name_or_path == "m"
+    assert _deprecations(caught) == [
+        ("'eval_scales'", "'eval_ensemble_scales'"), ("'eval_flip'", "'eval_ensemble_flip'"),
+        ("'model'", "'model_name_or_path'"),
+    ]  # fmt: skip
+    assert all(str(config) in str(w.message) for w in caught)
+    with pytest.warns(FutureWarning):  # the command line still wins over the file
+        assert parse_args(["--config", str(config), "--eval_ensemble_scales", "2"]).training.eval_ensemble_scales == [
+            2.0
+        ]
 
 
 def _documented_commands() -> list[list[str]]:
