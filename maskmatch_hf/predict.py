@@ -32,6 +32,7 @@ from transformers import (
     PreTrainedModel,
     SegformerImageProcessorPil,
 )
+from transformers.hf_argparser import string_to_bool
 from transformers.image_utils import load_image
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING
 
@@ -175,7 +176,15 @@ def add_ensemble_arguments(parser: argparse._ActionsContainer) -> None:
         default=[1.0],
         help="Input scales whose softmaxes are averaged (e.g. 0.75 1 1.25).",
     )
-    parser.add_argument("--ensemble_flip", action="store_true", help="Also average horizontally flipped predictions.")
+    parser.add_argument(
+        "--ensemble_flip",
+        nargs="?",
+        const=True,
+        default=False,
+        type=string_to_bool,
+        help="Also average horizontally flipped predictions (`--ensemble_flip` or, as in training, "
+        "`--ensemble_flip true`).",
+    )
 
 
 def add_window_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:

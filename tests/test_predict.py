@@ -189,6 +189,11 @@ def test_flags_share_training_names_and_the_old_ones_still_work(capsys):
         ["--model_name_or_path", "m", *required, "--ensemble_scales", "0.5", "1", "--ensemble_flip"]
     )
     assert (new.model_name_or_path, new.ensemble_scales, new.ensemble_flip) == ("m", [0.5, 1.0], True)
+    for value, flip in (("true", True), ("false", False)):  # also with a value, as training's boolean flags
+        assert (
+            predict.parse_args(["--model_name_or_path", "m", *required, "--ensemble_flip", value]).ensemble_flip
+            is flip
+        )
     with pytest.warns(FutureWarning) as caught:
         old = predict.parse_args(["--model=m", *required, "--scales", "0.5", "1", "--flip"])
     assert old == new
