@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import UperNetForSemanticSegmentation
 from transformers.utils import ModelOutput
 
 from .augment import cutmix, cutmix_box_mask, strong_augment
@@ -69,6 +70,15 @@ def frozen_batchnorm_statistics(module: nn.Module, enabled: bool = True) -> Iter
             norm.track_running_stats = True
 
 
+def prefers_channels_last(model: MaskMatchForSemanticSegmentation) -> bool:
+    """Whether `model` trains faster in channels-last memory format: convolutional segmenters (UperNet).
+
+    Measured with `bench/step_cost.py` (UperNet-128 on EfficientNet-Lite0, CPU, one thread): a training step is
+    6-9% faster in float32; SegFormer, mostly attention and reshapes, keeps the default format.
+    """
+    return isinstance(model.segmenter, UperNetForSemanticSegmentation)
+
+
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over processes when training is distributed (a no-op on one process)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -90,11 +100,18 @@ class MaskMatchObjective(nn.Module):
 
     With `config.class_thresholds="adaptive"` the objective keeps the running per-class confidence
     `class_confidence` as a buffer, saved and restored with the training state.
+
+    `channels_last` (default: [`prefers_channels_last`], i.e. for UperNet segmenters) puts the student's (and EMA
+    teacher's) weights in channels-last memory format, which convolutions then follow: the same values and
+    results, a faster layout. Saved checkpoints are unaffected.
     """
 
-    def __init__(self, student: MaskMatchForSemanticSegmentation) -> None:
+    def __init__(self, student: MaskMatchForSemanticSegmentation, channels_last: bool | None = None) -> None:
         super().__init__()
         student.config.check_hyperparameters()
+        self.channels_last = prefers_channels_last(student) if channels_last is None else channels_last
+        if self.channels_last:
+            student.to(memory_format=torch.channels_last)
         self.student = student
         self.ema_teacher = None
         if student.config.teacher == "ema":
