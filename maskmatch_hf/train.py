@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max_train_steps", type=int, default=1000)
     train.add_argument("--per_device_train_batch_size", type=int, default=8)
     train.add_argument("--per_device_unlabeled_batch_size", type=int, help="Default: the labeled batch size.")
-    train.add_argument("--per_device_eval_batch_size", type=int, default=1)
+    train.add_argument("--per_device_eval_batch_size", type=int, default=4, help="Same-size images per pass.")
     train.add_argument("--learning_rate", type=float, default=2e-4, help="Encoder / backbone learning rate.")
     train.add_argument("--head_learning_rate_multiplier", type=float, default=10.0, help="Decode head LR factor.")
     train.add_argument("--weight_decay", type=float, default=0.01)

@@ -16,10 +16,10 @@ from datasets import Dataset
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from maskmatch_hf import MaskMatchForSemanticSegmentation
+from maskmatch_hf import MaskMatchForSemanticSegmentation, evaluation
 from maskmatch_hf.data import CAMVID_ID2LABEL, DataConfig, DataValidationError, LabelMapping
 from maskmatch_hf.data_transforms import EvalTransform
-from maskmatch_hf.evaluation import evaluate_checkpoint, main
+from maskmatch_hf.evaluation import evaluate_checkpoint, main, parse_args
 from maskmatch_hf.metrics import SegmentationMetric
 from maskmatch_hf.modeling_maskmatch import multiscale_probabilities
 
@@ -75,10 +75,11 @@ def test_cli_prints_and_writes_the_scores_training_reported(trained_checkpoint, 
 
 def test_batches_sources_and_streams_give_the_same_scores(trained_checkpoint, test_folder, tmp_path):
     config = DataConfig(dataset_name=str(test_folder), void_label=11)
-    reference = evaluate_checkpoint(trained_checkpoint, config)  # default split: 'test'
+    reference = evaluate_checkpoint(trained_checkpoint, config, batch_size=1)  # default split: 'test'
     assert reference["num_images"] == 5 and reference["split"] == f"split 'test' of {test_folder}"
     # Five images of three sizes in batches of 3: same-size images share a forward pass, none is padded.
     assert_same_scores(evaluate_checkpoint(trained_checkpoint, config, batch_size=3), reference, atol=1e-6)
+    assert_same_scores(evaluate_checkpoint(trained_checkpoint, config), reference, atol=1e-6)  # default: 4
     assert_same_scores(evaluate_checkpoint(trained_checkpoint, config, streaming=True, batch_size=2), reference, 1e-6)
 
     paths = sorted(str(p) for p in (test_folder / "test").iterdir())
@@ -168,3 +169,18 @@ def test_two_processes_score_like_one(trained_checkpoint, camvid_val, tmp_path, 
     assert result.stdout.count("mIoU") == 1  # printed once, by the main process
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
     assert one == two and two["num_images"] == 3
+
+
+def test_same_size_images_share_forward_passes_by_default(trained_checkpoint, camvid_val, monkeypatch):
+    batch_sizes = []
+    original = evaluation.multiscale_probabilities
+
+    def recording(model, pixel_values, *args):
+        batch_sizes.append(len(pixel_values))
+        return original(model, pixel_values, *args)
+
+    monkeypatch.setattr(evaluation, "multiscale_probabilities", recording)
+    evaluate_checkpoint(trained_checkpoint, DataConfig(dataset_name=str(camvid_val)), split="val")
+    assert batch_sizes == [3]  # the 3 val frames, of one size, in one pass
+    args, _ = parse_args(["--model", str(trained_checkpoint), "--dataset_name", str(camvid_val)])
+    assert args.batch_size == 4

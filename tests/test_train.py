@@ -224,3 +224,8 @@ def test_streamed_labeled_data_trains_resumes_exactly_and_evaluates_with_windows
 
     with pytest.raises(SystemExit):
         parse_args(argv(tmp_path / "x", "--eval_window_stride", "64"))  # larger than the window
+
+
+def test_evaluation_batches_same_size_images_by_default():
+    """One image per forward pass was the old default; same-size images share one now (issue 10)."""
+    assert parse_args(["--output_dir", "out"]).per_device_eval_batch_size == 4
