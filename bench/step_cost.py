@@ -44,7 +44,7 @@ import maskmatch_hf.objective as objective_module
 from maskmatch_hf.data import DataConfig, load_segmentation_data
 from maskmatch_hf.data_loaders import infinite_dataloader, sample_seed
 from maskmatch_hf.data_transforms import Resize, WeakAugmentation
-from maskmatch_hf.objective import MaskMatchObjective
+from maskmatch_hf.objective import MaskMatchObjective, fused_adamw_kwargs
 from maskmatch_hf.segmenters import load_model_for_training
 from maskmatch_hf.train import parameter_groups
 
@@ -183,7 +183,9 @@ class Run:
         channels_last = memory_format == torch.channels_last
         self.objective = MaskMatchObjective(model, channels_last=channels_last).train()
         hyper = SimpleNamespace(learning_rate=2e-4, head_learning_rate_multiplier=10.0)
-        self.optimizer = torch.optim.AdamW(parameter_groups(model, hyper), lr=2e-4, weight_decay=0.01)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(model, hyper), lr=2e-4, weight_decay=0.01, **fused_adamw_kwargs(device)
+        )
         config = model.config
         weak = {
             "crop_size": args.crop_size,

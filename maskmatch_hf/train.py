@@ -41,7 +41,7 @@ from .data_validation import check_example, validate_segmentation_data
 from .errors import MaskMatchUsageError, check_local_or_hub, report_usage_errors
 from .evaluation import evaluate_segmenter
 from .modeling_maskmatch import MaskMatchForSemanticSegmentation
-from .objective import MaskMatchObjective
+from .objective import MaskMatchObjective, fused_adamw_kwargs
 from .pipeline_maskmatch import save_pipeline
 from .predict import add_window_arguments, check_window_arguments
 from .reporting import TrainingHistory, plot_training_curves, write_model_card
@@ -475,7 +475,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     objective = MaskMatchObjective(model)
-    optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, args),
+        lr=args.learning_rate,
+        weight_decay=args.weight_decay,
+        **fused_adamw_kwargs(accelerator.device),
+    )
     scheduler = build_scheduler(optimizer, args, accelerator.num_processes)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
     history = TrainingHistory()
