@@ -175,20 +175,23 @@ class MaskMatchObjective(nn.Module):
             teacher.train(was_training)
 
     @torch.no_grad()
-    def class_thresholds(self, confidence: torch.Tensor, prediction: torch.LongTensor) -> torch.Tensor:
+    def class_thresholds(
+        self, confidence: torch.Tensor, prediction: torch.LongTensor, real: torch.BoolTensor | None = None
+    ) -> torch.Tensor:
         """Per-class confidence thresholds `(C,)` for this step.
 
         `fixed`: `confidence_threshold` for every class. `adaptive`: first moves the running per-class mean
-        confidence `m_c` towards this batch's (classes the teacher predicts nowhere keep theirs; summed over
-        processes), then returns `confidence_threshold * m / max(m)`.
+        confidence `m_c` towards this batch's, over the `real` pixels (default: all; classes the teacher predicts
+        nowhere keep theirs; summed over processes), then returns `confidence_threshold * m / max(m)`.
         """
         config = self.config
         if config.class_thresholds == "fixed":
             return self.class_confidence.new_full(self.class_confidence.shape, config.confidence_threshold)
         num_labels = self.class_confidence.numel()
+        weight = torch.ones_like(confidence, dtype=torch.float) if real is None else real.float()
         sums = torch.zeros(2, num_labels, device=confidence.device)
-        sums[0].index_add_(0, prediction.flatten(), confidence.flatten().float())
-        sums[1].index_add_(0, prediction.flatten(), torch.ones_like(confidence.flatten(), dtype=torch.float))
+        sums[0].index_add_(0, prediction.flatten(), (confidence.float() * weight).flatten())
+        sums[1].index_add_(0, prediction.flatten(), weight.flatten())
         sums = _all_reduce_sum(sums)
         seen = sums[1] > 0
         batch_mean = sums[0] / sums[1].clamp_min(1)
@@ -205,7 +208,7 @@ class MaskMatchObjective(nn.Module):
         Crop padding (`real` False) becomes void; the running class confidences see real pixels only.
         """
         confidence, prediction = self.teacher_probabilities(pixel_values).max(dim=1)
-        thresholds = self.class_thresholds(confidence[real], prediction[real])
+        thresholds = self.class_thresholds(confidence, prediction, real)
         confident = confidence >= thresholds[prediction]
         labels = prediction.masked_fill(~real, self.config.ignore_index)
         return PseudoLabels(labels, confident), thresholds
@@ -339,7 +342,11 @@ class MaskMatchObjective(nn.Module):
         num_real = real.sum().clamp_min(1)
         confident = pseudo.confident & real
         stats = {"confident_ratio": confident.sum() / num_real}
-        per_class = torch.bincount(pseudo.labels[confident], minlength=config.num_labels) / num_real
+        # Counted without boolean indexing, which would wait for an accelerator to know the result's size.
+        # Void labels (crop padding) fall in an extra last bin, which is dropped.
+        labels = pseudo.labels.clamp(max=config.num_labels).flatten()
+        counts = torch.zeros(config.num_labels + 1, device=labels.device)
+        per_class = counts.index_add_(0, labels, confident.flatten().float())[:-1] / num_real
         for index, name in sorted(config.id2label.items()):
             stats[f"confident_ratio/{name}"] = per_class[index]
         if config.class_thresholds == "adaptive":
@@ -375,14 +382,12 @@ class MaskMatchObjective(nn.Module):
         }
         terms = {name: terms[name] for name in weights if name in terms}
         loss = sum(weights[name] * value for name, value in terms.items())
-        if config.components.unlabeled:
-            stats = {"unlabeled_weight": torch.tensor(ramp), **stats}
-        names = ["loss", *terms, *stats]
+        # One transfer to the host for all the logs (the step's only synchronization with an accelerator).
         values = torch.stack(
-            [
-                loss.detach(),
-                *(t.detach() for t in terms.values()),
-                *(s.float().to(loss.device) for s in stats.values()),
-            ]
-        )
-        return MaskMatchObjectiveOutput(loss=loss, logs=dict(zip(names, values.tolist())))
+            [loss.detach(), *(t.detach().float() for t in terms.values()), *(s.float() for s in stats.values())]
+        ).tolist()
+        logs = dict(zip(["loss", *terms], values))
+        if config.components.unlabeled:
+            logs["unlabeled_weight"] = ramp
+        logs.update(zip(stats, values[1 + len(terms) :]))
+        return MaskMatchObjectiveOutput(loss=loss, logs=logs)

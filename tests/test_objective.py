@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from maskmatch_hf import PRESETS, MaskMatchForSemanticSegmentation, MaskMatchObjective
 from maskmatch_hf.objective import fused_adamw_kwargs, pixel_cross_entropy
@@ -351,3 +352,42 @@ def test_fused_adamw_where_pytorch_has_it():
     optimizer = torch.optim.AdamW(model.parameters(), **fused_adamw_kwargs("cpu"))
     run(MaskMatchObjective(model).train()).loss.backward()
     optimizer.step()
+
+
+class HostRoundTrips(TorchDispatchMode):
+    """Records the ops that make an accelerator wait: results whose size or value the host must know (boolean
+    indexing, `nonzero`, `.item()`) and tensors built from Python data (`torch.tensor(...)`, copied to the
+    device each time)."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        indices = args[1] if name in ("aten.index", "aten.index_put", "aten.index_put_") else []
+        boolean_index = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+        if boolean_index or name in ("aten.nonzero", "aten.masked_select", "aten._local_scalar_dense", "aten.item",
+                                     "aten.lift_fresh"):  # fmt: skip
+            self.found.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("thresholds", ["fixed", "adaptive"])
+def test_a_step_waits_for_the_device_only_for_its_logs(thresholds):
+    """Nothing in a step needs the host to see device values until the logs come back in one transfer."""
+    objective = MaskMatchObjective(
+        tiny_model("upernet", preset="unimatch+maskmatch", class_thresholds=thresholds, teacher="ema")
+    ).train()
+    inputs = {
+        "unlabeled_pixel_mask": torch.ones(B, H, W, dtype=torch.bool),
+        "unlabeled_labels": torch.zeros(B, H, W, dtype=torch.long),
+        "step": 3,
+    }
+    run(objective, **inputs)  # constants are made once, at the first step
+    with HostRoundTrips() as recorder:
+        output = run(objective, **inputs)
+        output.loss.backward()
+        objective.update_teacher(3)
+    assert recorder.found == []
+    assert {"pseudo_label_accuracy", "unlabeled_weight", "confident_ratio"} <= set(output.logs)
