@@ -199,6 +199,7 @@ class Run:
         if config.components.unlabeled:
             unlabeled_transform = WeakAugmentation(**weak, return_pixel_mask=True)
             self.unlabeled = iter(loader(data.unlabeled, args.batch_size, unlabeled_transform, seed=args.seed + 1))
+        self.images = args.batch_size * (2 if config.components.unlabeled else 1)  # labeled + unlabeled per step
         self.recorder = Recorder(device)
         instrument(self.objective)
         self.steps: list[dict[str, float]] = []
@@ -307,8 +308,12 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def report(runs: dict[tuple[str, str], Run], presets: list[str], modes: list[str]) -> str:
     summaries = {key: run.summary() for key, run in runs.items()}
     out = []
-    header = ["preset", *(f"{mode} (s)" for mode in modes)]
-    rows = [[preset, *(f"{summaries[preset, mode]['step']:.3f}" for mode in modes)] for preset in presets]
+    header = ["s / step (images / s)", *modes]
+    rows = [
+        [preset, *(f"{summaries[preset, m]['step']:.3f} ({runs[preset, m].images / summaries[preset, m]['step']:.1f})"
+                   for m in modes)]
+        for preset in presets
+    ]  # fmt: skip
     if "fixmatch" in presets and "maskmatch" in presets:
         rows.append(
             [
