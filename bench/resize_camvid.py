@@ -1,8 +1,10 @@
 """Write a copy of the CamVid SegNet-layout folder with every frame resized, for fast benchmarks.
 
 Images are resized with PIL bilinear, labels with nearest, exactly as `--resize` does at load time, so
-evaluation at that size sees the same pixels; `splits/` and the README are copied. The 240x180 copy is
-small enough to travel to a GPU machine (about 20 MB).
+evaluation at that size sees the same pixels; `splits/` and the README are copied, and a `splits/full/` is
+added whose labeled list is every train frame: the fully supervised upper bound of a split's semi-supervised
+runs (its `unlabeled.txt` repeats the list, which the `supervised` preset ignores). The 240x180 copy is small
+enough to travel to a GPU machine (about 20 MB).
 
     python bench/resize_camvid.py --camvid ../shared/data/camvid --output .camvid240 --shorter_side 180
 """
@@ -33,6 +35,10 @@ def resize_camvid(camvid: Path, output: Path, shorter_side: int) -> None:
         image.resize(resize(image.size), resample).save(output / folder / path.name, optimize=True)
     shutil.copytree(camvid / "splits", output / "splits", dirs_exist_ok=True)
     shutil.copy(camvid / "README.md", output / "README.md")
+    every_frame = "".join(f"{path.stem}\n" for path in sorted((camvid / "train").glob("*.png")))
+    (output / "splits" / "full").mkdir(exist_ok=True)
+    for name in ("labeled.txt", "unlabeled.txt"):
+        (output / "splits" / "full" / name).write_text(every_frame)
 
 
 def main() -> None:

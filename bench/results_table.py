@@ -30,6 +30,7 @@ RARE = ("pole", "sign_symbol", "fence", "pedestrian", "bicyclist")
 RECIPE_FIELDS = ("class_thresholds", "teacher", "mask_patch_size", "mask_ratio", "ensemble_scales",
                  "unlabeled_rampup_steps", "lambda_mask")  # fmt: skip
 BN_FLAG = "--segmenter_config"
+SCHEDULE_FLAGS = ("--checkpointing_steps", "--eval_steps")
 
 
 def default_bn_momentum(commit: str) -> float:
@@ -52,13 +53,27 @@ def extra_flags(record: dict) -> list[str]:
     return extra
 
 
+def recipe_fields(preset: str) -> tuple[str, ...]:
+    """The recipe settings `preset` actually uses: none for supervised, the ensemble only with a multi-scale
+    teacher, the masking settings only with masked modeling."""
+    components = MaskMatchConfig(preset=preset).components
+    if not components.unlabeled:
+        return ()
+    unused = set()
+    if not components.multiscale_teacher:
+        unused.add("ensemble_scales")
+    if not components.masked_modeling:
+        unused |= {"mask_patch_size", "mask_ratio", "lambda_mask"}
+    return tuple(name for name in RECIPE_FIELDS if name not in unused)
+
+
 def recipe(record: dict) -> list[str]:
     """Flags that make today's code train this run's recipe: its settings that differ from today's defaults."""
     config, defaults = record["maskmatch_config"], MaskMatchConfig()
     flags = []
-    # The supervised preset ignores every unlabeled-loss setting.
-    for name in RECIPE_FIELDS if record["preset"] != "supervised" else ():
+    for name in recipe_fields(record["preset"]):
         value, default = config.get(name), getattr(defaults, name)
+        default = list(default) if isinstance(default, tuple) else default
         if value is not None and value != default:
             flags += [f"--{name}", *map(str, value)] if isinstance(value, list) else [f"--{name}", str(value)]
     extra = extra_flags(record)
@@ -71,6 +86,22 @@ def recipe(record: dict) -> list[str]:
     return flags
 
 
+def schedule_flags(record: dict) -> list[str]:
+    """Extra flags that change when the run evaluates or saves, not what it learns (kept in its command)."""
+    extra, flags = extra_flags(record), []
+    for flag in SCHEDULE_FLAGS:
+        if flag in extra:
+            flags += extra[extra.index(flag) : extra.index(flag) + 2]
+    return flags
+
+
+def precision(record: dict) -> str:
+    """The run's `--mixed_precision` (compare_presets.py's flag), "fp32" without one."""
+    argv = shlex.split(record["bench_command"])
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    return head[head.index("--mixed_precision") + 1] if "--mixed_precision" in head else "fp32"
+
+
 def last(curve: list | None) -> str:
     return "-" if not curve else f"{100 * curve[-1][1]:.1f}"
 
@@ -78,16 +109,19 @@ def last(curve: list | None) -> str:
 def command(record: dict, flags: list[str]) -> str:
     argv = ["python", "bench/compare_presets.py", "--camvid", ".camvid240", "--split", record["split"],
             "--steps", str(record["steps"]), "--presets", record["preset"], "--seed", str(record["seed"])]  # fmt: skip
+    if precision(record) != "fp32":
+        argv += ["--mixed_precision", precision(record)]
     if record["tag"]:
         argv += ["--tag", record["tag"]]
+    flags = [*flags, *schedule_flags(record)]
     return shlex.join([*argv, *(["--", *flags] if flags else [])])
 
 
 def render(records: list[dict]) -> str:
     lines = [
         "| split | preset | recipe (vs. defaults) | seed | steps | val mIoU | rare-class IoU | PL acc. | confident"
-        " | s/step | device |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " | s/step | device | precision |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     commands = []
     for record in records:
@@ -106,7 +140,7 @@ def render(records: list[dict]) -> str:
             f"| {record['split'].replace('_', '/')} | {record['preset']} | {shown or 'defaults'} | {record['seed']}"
             f" | {record['steps']} | **{100 * record['final_val_mean_iou']:.2f}** | {100 * rare:.1f}"
             f" | {last(record['pseudo_label_accuracy_curve'])} | {last(record['confident_ratio_curve'])}"
-            f" | {record['seconds_per_step']:.3f} | {device} |"
+            f" | {record['seconds_per_step']:.3f} | {device} | {precision(record)} |"
         )
         commands.append(f"# {record['name']} (commit {record['git_commit'][:7]})\n{command(record, flags)}")
     body = "\n".join(lines)
@@ -121,17 +155,17 @@ def seed_summary(records: list[dict]) -> str:
     """Mean, spread and count of the final val mIoU of recipes run more than once (other seeds, or reruns)."""
     groups: dict[tuple, list[float]] = {}
     for record in records:
-        key = (record["split"], record["steps"], record["preset"], " ".join(recipe(record)))
+        key = (record["split"], record["steps"], record["preset"], " ".join(recipe(record)), precision(record))
         groups.setdefault(key, []).append(100 * record["final_val_mean_iou"])
     rows = [
-        f"| {split.replace('_', '/')} | {preset} | {flags or 'defaults'} | {len(values)}"
+        f"| {split.replace('_', '/')} | {preset} | {flags or 'defaults'} | {dtype} | {len(values)}"
         f" | {statistics.mean(values):.2f} | {min(values):.2f}-{max(values):.2f} |"
-        for (split, _, preset, flags), values in groups.items()
+        for (split, _, preset, flags, dtype), values in groups.items()
         if len(values) > 1
     ]
     if not rows:
         return "No recipe has been run more than once yet."
-    header = "| split | preset | recipe | runs | mean val mIoU | range |\n|---|---|---|---|---|---|"
+    header = "| split | preset | recipe | precision | runs | mean val mIoU | range |\n|---|---|---|---|---|---|---|"
     return "Recipes run more than once (seeds, or GPU reruns of one seed):\n\n" + header + "\n" + "\n".join(rows)
 
 

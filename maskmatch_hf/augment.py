@@ -14,6 +14,25 @@ from torch import nn
 
 _LUMA = (0.299, 0.587, 0.114)
 _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+_YIQ_TO_RGB = tuple(map(tuple, torch.linalg.inv(torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)).tolist()))
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def constant(values: Sequence, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """The tensor of `values` on `device`, made once per (values, device, dtype) and then reused.
+
+    Building it from Python data at every call would copy it to an accelerator each time, and that copy waits for
+    all the work queued there (the teacher's passes), so the host could not queue the next steps meanwhile.
+    Treat the result as read-only.
+    """
+    values = tuple(tuple(float(v) for v in row) if isinstance(row, Sequence) else float(row) for row in values)
+    key = (values, torch.device(device), dtype)
+    tensor = _CONSTANTS.get(key)
+    if tensor is None:
+        with torch.inference_mode(False):  # usable outside inference mode too
+            tensor = torch.tensor(values, device=device, dtype=dtype)
+        _CONSTANTS[key] = tensor
+    return tensor
 
 
 def _uniform(
@@ -33,18 +52,23 @@ def _per_image(values: torch.Tensor) -> torch.Tensor:
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
     """Luma of RGB images in [0, 1], `(batch, 1, height, width)`."""
-    weights = torch.tensor(_LUMA, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    weights = constant(_LUMA, images.device, images.dtype).view(1, 3, 1, 1)
     return (images * weights).sum(dim=1, keepdim=True)
 
 
 def rotate_hue(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """Rotate the chroma of RGB images by `turns` (fraction of a full turn, per image) in YIQ space."""
-    to_yiq = torch.tensor(_RGB_TO_YIQ, device=images.device, dtype=images.dtype)
-    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, images)
-    cos, sin = _per_image(torch.cos(2 * math.pi * turns)), _per_image(torch.sin(2 * math.pi * turns))
-    i, q = yiq[:, 1:2], yiq[:, 2:3]
-    yiq = torch.cat([yiq[:, :1], i * cos - q * sin, i * sin + q * cos], dim=1)
-    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq)
+    """Rotate the chroma of RGB images by `turns` (fraction of a full turn, per image) in YIQ space.
+
+    One 3x3 colour matrix per image, `YIQ^-1 @ rotation(I, Q) @ YIQ`, applied in a single pass.
+    """
+    to_yiq = constant(_RGB_TO_YIQ, images.device, images.dtype)
+    from_yiq = constant(_YIQ_TO_RGB, images.device, images.dtype)
+    cos, sin = torch.cos(2 * math.pi * turns), torch.sin(2 * math.pi * turns)
+    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
+    rotation = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], dim=1).view(-1, 3, 3)
+    matrices = from_yiq @ rotation @ to_yiq
+    batch, channels, height, width = images.shape
+    return torch.bmm(matrices, images.reshape(batch, channels, height * width)).view(batch, channels, height, width)
 
 
 def gaussian_blur(images: torch.Tensor, sigmas: torch.Tensor, max_sigma: float) -> torch.Tensor:
@@ -78,10 +102,10 @@ def strong_augment(
     Per image: colour jitter (brightness, contrast, saturation, hue) with `color_jitter_prob`, grayscale with
     `grayscale_prob`, Gaussian blur with `blur_prob`. Works in [0, 1] RGB and returns normalized images.
     """
-    batch, device = pixel_values.shape[0], pixel_values.device
-    mean = torch.tensor(image_mean, device=device, dtype=pixel_values.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(image_std, device=device, dtype=pixel_values.dtype).view(1, 3, 1, 1)
-    images = (pixel_values * std + mean).clamp(0, 1)
+    batch, device, dtype = pixel_values.shape[0], pixel_values.device, pixel_values.dtype
+    mean = constant(image_mean, device, dtype).view(1, 3, 1, 1)
+    std = constant(image_std, device, dtype).view(1, 3, 1, 1)
+    images = pixel_values.mul(std).add_(mean).clamp_(0, 1)  # the only copy: every later step works in place
 
     brightness, contrast, saturation, hue = color_jitter
     jitter = _bernoulli(color_jitter_prob, batch, generator, device)
@@ -92,12 +116,13 @@ def strong_augment(
         return _per_image(torch.where(jitter, drawn, torch.full_like(drawn, center)))
 
     # Brightness, contrast and saturation scale the image: their factors are non-negative, as in torchvision.
-    images = (images * factors(brightness).clamp_min(0)).clamp(0, 1)
+    # Blending towards gray with factor f is `lerp(gray, image, f)`, i.e. `image.lerp_(gray, 1 - f)`.
+    images.mul_(factors(brightness).clamp_min(0)).clamp_(0, 1)
     gray_mean = grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
-    images = torch.lerp(gray_mean.expand_as(images), images, factors(contrast).clamp_min(0)).clamp(0, 1)
-    images = torch.lerp(grayscale(images).expand_as(images), images, factors(saturation).clamp_min(0)).clamp(0, 1)
+    images.lerp_(gray_mean.expand_as(images), 1 - factors(contrast).clamp_min(0)).clamp_(0, 1)
+    images.lerp_(grayscale(images).expand_as(images), 1 - factors(saturation).clamp_min(0)).clamp_(0, 1)
     # Hue rotates both ways: a signed fraction of a turn in [-hue, hue].
-    images = rotate_hue(images, factors(hue, center=0.0).view(-1)).clamp(0, 1)
+    images = rotate_hue(images, factors(hue, center=0.0).view(-1)).clamp_(0, 1)
 
     to_gray = _per_image(_bernoulli(grayscale_prob, batch, generator, device))
     images = torch.where(to_gray, grayscale(images).expand_as(images), images)
@@ -105,7 +130,7 @@ def strong_augment(
     blur = _per_image(_bernoulli(blur_prob, batch, generator, device))
     sigmas = _uniform(blur_sigma[0], blur_sigma[1], batch, generator, device)
     images = torch.where(blur, gaussian_blur(images, sigmas, max_sigma=blur_sigma[1]), images)
-    return (images - mean) / std
+    return images.sub_(mean).div_(std)
 
 
 def cutmix_box_mask(

@@ -65,6 +65,9 @@ DATA_FLAGS = (
     "label_map",
     "cache_dir",
 )
+# Same-size images share a forward pass: 4 per pass scores CamVid val 10% faster than 1 on 2 CPU cores, and far
+# faster on a GPU; larger batches gained nothing more on CPU (issue 10).
+DEFAULT_EVAL_BATCH_SIZE = 4
 SCORE_KEYS = ("mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou", "per_category_accuracy")
 
 __all__ = ["evaluate_checkpoint", "evaluate_segmenter", "format_scores", "main"]
@@ -157,7 +160,7 @@ def evaluate_checkpoint(
     flip: bool = False,
     window_size: int | Sequence[int] | None = None,
     window_stride: int | Sequence[int] | None = None,
-    batch_size: int = 1,
+    batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
     num_workers: int = 0,
     validation_samples: int | None = 2000,
     dtype: torch.dtype | None = None,
@@ -258,7 +261,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, D
     inference = parser.add_argument_group("inference")
     add_ensemble_arguments(inference)
     add_window_arguments(inference)
-    inference.add_argument("--batch_size", type=int, default=1, help="Images per forward pass (per process).")
+    inference.add_argument(
+        "--batch_size",
+        type=int,
+        default=DEFAULT_EVAL_BATCH_SIZE,
+        help="Images per forward pass (per process); images of different sizes never share one.",
+    )
     inference.add_argument("--num_workers", type=int, default=0, help="DataLoader workers per process.")
     inference.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="Default: the checkpoint's dtype.")
     inference.add_argument(

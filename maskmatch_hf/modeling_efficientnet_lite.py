@@ -43,6 +43,13 @@ def round_repeats(config: EfficientNetLiteConfig, stage_idx: int) -> int:
     return int(math.ceil(repeats * config.depth_coefficient))
 
 
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 class EfficientNetLiteSameConv2d(nn.Conv2d):
     """`nn.Conv2d` with TensorFlow "SAME" padding, computed from the input size at every call.
 
@@ -67,7 +74,18 @@ class EfficientNetLiteSameConv2d(nn.Conv2d):
         self.static_padding = static_padding
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) -> (B, C_out, ceil(H / stride), ceil(W / stride))."""
+        """(B, C_in, H, W) -> (B, C_out, ceil(H / stride), ceil(W / stride)).
+
+        Under CPU autocast, a depthwise convolution that will be differentiated runs in float32: PyTorch's
+        bfloat16 depthwise kernels on CPU take longer to differentiate than float32 ones (in channels-last
+        training, twice as long as the float32 convolution and its casts; see `bench/step_cost.py`).
+        """
+        if self.groups > 1 and hidden_state.is_cpu and torch.is_grad_enabled() and _cpu_autocast_enabled():
+            with torch.autocast("cpu", enabled=False):
+                return self._same_forward(hidden_state.float())
+        return self._same_forward(hidden_state)
+
+    def _same_forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
         if self.static_padding:
             return super().forward(hidden_state)
         padding = []

@@ -71,6 +71,8 @@ def sliding_window_probabilities(
     if stride_h > window_h or stride_w > window_w:
         raise ValueError(f"The stride {(stride_h, stride_w)} must not exceed the window {(window_h, window_w)}.")
     window_h, window_w = min(window_h, height), min(window_w, width)
+    if (window_h, window_w) == (height, width):  # one window: whole-image inference, nothing to average
+        return resize_maps(model(pixel_values=pixel_values).logits.float(), (height, width)).softmax(dim=1)
     tops, lefts = _window_starts(height, window_h, stride_h), _window_starts(width, window_w, stride_w)
     total = None
     for top in tops:
@@ -117,7 +119,8 @@ def multiscale_probabilities(
             probs = resize_maps(probs, size)
             probs = probs.flip(-1) if flipped else probs
             total = probs if total is None else total + probs
-    return total / (len(scales) * len(views))
+    num_views = len(scales) * len(views)
+    return total / num_views if num_views > 1 else total
 
 
 def _use_local_backbone_config(segmenter_config: PreTrainedConfig) -> None:

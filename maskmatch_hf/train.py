@@ -42,7 +42,7 @@ from .data_validation import check_example, validate_segmentation_data
 from .errors import MaskMatchUsageError, report_usage_errors
 from .evaluation import evaluate_segmenter
 from .modeling_maskmatch import MaskMatchForSemanticSegmentation
-from .objective import MaskMatchObjective
+from .objective import MaskMatchObjective, fused_adamw_kwargs
 from .pipeline_maskmatch import save_pipeline
 from .reporting import TrainingHistory, plot_training_curves, write_model_card
 from .segmenters import load_model_for_training, minimum_input_side, pretrained_id2label
@@ -473,7 +473,10 @@ def train(args: TrainArguments) -> dict[str, Any]:
 
     objective = MaskMatchObjective(model)
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, training), lr=training.learning_rate, weight_decay=training.weight_decay
+        parameter_groups(model, training),
+        lr=training.learning_rate,
+        weight_decay=training.weight_decay,
+        **fused_adamw_kwargs(accelerator.device),
     )
     scheduler = build_scheduler(optimizer, training, accelerator.num_processes)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)

@@ -178,7 +178,9 @@ class LoopArguments:
     max_train_steps: int = field(default=1000, metadata={"help": "Optimizer steps."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Labeled images per process and step."})
     per_device_unlabeled_batch_size: int | None = field(default=None, metadata={"help": "Default: the labeled one."})
-    per_device_eval_batch_size: int = field(default=1, metadata={"help": "Evaluation images per process."})
+    per_device_eval_batch_size: int = field(
+        default=4, metadata={"help": "Evaluation images per process; same-size images share a pass."}
+    )
     learning_rate: float = field(default=2e-4, metadata={"help": "Encoder / backbone learning rate."})
     head_learning_rate_multiplier: float = field(default=10.0, metadata={"help": "Decode head LR factor."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})

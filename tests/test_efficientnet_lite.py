@@ -57,6 +57,31 @@ def test_default_features_at_strides_4_to_32(height: int, width: int) -> None:
     ]
 
 
+def test_depthwise_convolutions_train_in_float32_under_cpu_autocast() -> None:
+    """CPU bfloat16 depthwise backward kernels are slow: differentiated depthwise convolutions run in float32,
+    every other convolution (and inference) in bfloat16."""
+    backbone = EfficientNetLiteBackbone(tiny_config()).train()
+    dtypes = []
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(lambda m, args, output: dtypes.append((m.groups > 1, output.dtype)))
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = backbone(pixel_values).feature_maps
+    assert {depthwise for depthwise, _ in dtypes} == {False, True}
+    assert all(dtype == (torch.float32 if depthwise else torch.bfloat16) for depthwise, dtype in dtypes)
+    sum(f.float().sum() for f in outputs).backward()
+    assert all(p.grad is not None for p in backbone.parameters())
+
+    dtypes.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        backbone(pixel_values)
+    assert dtypes and all(dtype == torch.bfloat16 for _, dtype in dtypes)
+    dtypes.clear()
+    backbone(pixel_values)  # no autocast: float32 throughout
+    assert dtypes and all(dtype == torch.float32 for _, dtype in dtypes)
+
+
 def test_lite0_defaults() -> None:
     config = EfficientNetLiteConfig()
     assert config.stage_strides == [2, 2, 4, 8, 16, 16, 32, 32]

@@ -79,10 +79,11 @@ def test_cli_prints_and_writes_the_scores_training_reported(trained_checkpoint, 
 
 def test_batches_sources_and_streams_give_the_same_scores(trained_checkpoint, test_folder, tmp_path):
     config = DataConfig(dataset_name=str(test_folder), void_label=11)
-    reference = evaluate_checkpoint(trained_checkpoint, config)  # default split: 'test'
+    reference = evaluate_checkpoint(trained_checkpoint, config, batch_size=1)  # default split: 'test'
     assert reference["num_images"] == 5 and reference["split"] == f"split 'test' of {test_folder}"
     # Five images of three sizes in batches of 3: same-size images share a forward pass, none is padded.
     assert_same_scores(evaluate_checkpoint(trained_checkpoint, config, batch_size=3), reference, atol=1e-6)
+    assert_same_scores(evaluate_checkpoint(trained_checkpoint, config), reference, atol=1e-6)  # default: 4
     assert_same_scores(evaluate_checkpoint(trained_checkpoint, config, streaming=True, batch_size=2), reference, 1e-6)
 
     paths = sorted(str(p) for p in (test_folder / "test").iterdir())
@@ -202,3 +203,18 @@ def test_documented_commands_parse_without_deprecation_warnings():
         warnings.simplefilter("error")
         for argv in commands:
             assert parse_args(argv)[0].model_name_or_path.startswith("outputs/")
+
+
+def test_same_size_images_share_forward_passes_by_default(trained_checkpoint, camvid_val, monkeypatch):
+    batch_sizes = []
+    original = evaluation.multiscale_probabilities
+
+    def recording(model, pixel_values, *args):
+        batch_sizes.append(len(pixel_values))
+        return original(model, pixel_values, *args)
+
+    monkeypatch.setattr(evaluation, "multiscale_probabilities", recording)
+    evaluate_checkpoint(trained_checkpoint, DataConfig(dataset_name=str(camvid_val)), split="val")
+    assert batch_sizes == [3]  # the 3 val frames, of one size, in one pass
+    args, _ = parse_args(["--model_name_or_path", str(trained_checkpoint), "--dataset_name", str(camvid_val)])
+    assert args.batch_size == 4

@@ -1,8 +1,9 @@
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from maskmatch_hf import PRESETS, MaskMatchObjective
-from maskmatch_hf.objective import pixel_cross_entropy
+from maskmatch_hf import PRESETS, MaskMatchForSemanticSegmentation, MaskMatchObjective
+from maskmatch_hf.objective import fused_adamw_kwargs, pixel_cross_entropy
 
 from .conftest import NUM_LABELS, tiny_model
 
@@ -59,7 +60,7 @@ EXPECTED_TERMS = {
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_each_preset_turns_on_exactly_its_terms(preset):
-    model = tiny_model(preset=preset)
+    model = tiny_model(preset=preset, ensemble_scales=[0.75, 1.0, 1.25])
     recorder = ForwardRecorder(model)
     objective = MaskMatchObjective(model).train()
     output = run(objective)
@@ -291,3 +292,102 @@ def test_class_thresholds_follow_the_running_class_confidence(monkeypatch, mode)
     assert logs[f"confident_ratio/{names[0]}"] == pytest.approx(0.25)
     assert logs[f"confident_ratio/{names[1]}"] == pytest.approx(0.25)
     assert logs[f"confident_ratio/{names[2]}"] == 0
+
+
+def test_default_teacher_is_one_pass_over_the_weak_views():
+    """Single scale, no flip by default (issue 10: the 3-scale ensemble cost 3.3x for no better pseudo-labels)."""
+    model = tiny_model(preset="maskmatch")
+    recorder = ForwardRecorder(model)
+    run(MaskMatchObjective(model).train())
+    teacher_calls = [(call["batch"], call["size"]) for call in recorder.calls if not call["grad"]]
+    assert teacher_calls == [(B, (H, W))]
+
+
+def conv_weights(model) -> list[torch.Tensor]:
+    """Convolution weights whose layout tells the memory format (not 1x1, not depthwise)."""
+    return [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1]
+
+
+@pytest.mark.parametrize(
+    "segmenter, channels_last, expected",
+    [("upernet", None, True), ("upernet-efficientnet-lite", None, True), ("segformer", None, False),
+     ("upernet", False, False), ("segformer", True, True)],
+)  # fmt: skip
+def test_convolutional_segmenters_train_in_channels_last(segmenter, channels_last, expected):
+    objective = MaskMatchObjective(tiny_model(segmenter, teacher="ema"), channels_last=channels_last)
+    assert objective.channels_last is expected
+    for model in (objective.student, objective.ema_teacher):
+        weights = conv_weights(model)
+        assert weights and all(w.is_contiguous(memory_format=torch.channels_last) is expected for w in weights)
+
+
+@pytest.mark.parametrize("segmenter", ["upernet", "upernet-efficientnet-lite"])
+def test_channels_last_changes_the_layout_not_the_step(segmenter, tmp_path):
+    results = []
+    for channels_last in (False, True):
+        objective = MaskMatchObjective(
+            tiny_model(segmenter, preset="unimatch+maskmatch", confidence_threshold=0), channels_last=channels_last
+        ).train()
+        torch.manual_seed(0)
+        output = run(objective)
+        output.loss.backward()
+        results.append((output.logs, [p.grad for p in objective.student.parameters()]))
+    (logs, grads), (logs_cl, grads_cl) = results
+    assert logs_cl == pytest.approx(logs, rel=1e-4, abs=1e-6)
+    scale = max(float(grad.abs().max()) for grad in grads)  # float rounding differs between the layouts
+    for grad, grad_cl in zip(grads, grads_cl):
+        torch.testing.assert_close(grad_cl, grad, rtol=1e-3, atol=1e-3 * scale)
+    # A channels-last student saves and loads like any other.
+    objective.student.save_pretrained(tmp_path)
+    loaded = MaskMatchForSemanticSegmentation.from_pretrained(tmp_path).state_dict()
+    for name, value in objective.student.state_dict().items():
+        assert torch.equal(loaded[name], value)
+
+
+def test_fused_adamw_where_pytorch_has_it():
+    assert fused_adamw_kwargs("cpu") == {"fused": True}  # torch >= 2.4
+    assert fused_adamw_kwargs(torch.device("cuda", 0)) == {"fused": True}
+    assert fused_adamw_kwargs("meta") == {}
+    model = tiny_model("upernet")
+    optimizer = torch.optim.AdamW(model.parameters(), **fused_adamw_kwargs("cpu"))
+    run(MaskMatchObjective(model).train()).loss.backward()
+    optimizer.step()
+
+
+class HostRoundTrips(TorchDispatchMode):
+    """Records the ops that make an accelerator wait: results whose size or value the host must know (boolean
+    indexing, `nonzero`, `.item()`) and tensors built from Python data (`torch.tensor(...)`, copied to the
+    device each time)."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        indices = args[1] if name in ("aten.index", "aten.index_put", "aten.index_put_") else []
+        boolean_index = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+        if boolean_index or name in ("aten.nonzero", "aten.masked_select", "aten._local_scalar_dense", "aten.item",
+                                     "aten.lift_fresh"):  # fmt: skip
+            self.found.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("thresholds", ["fixed", "adaptive"])
+def test_a_step_waits_for_the_device_only_for_its_logs(thresholds):
+    """Nothing in a step needs the host to see device values until the logs come back in one transfer."""
+    objective = MaskMatchObjective(
+        tiny_model("upernet", preset="unimatch+maskmatch", class_thresholds=thresholds, teacher="ema")
+    ).train()
+    inputs = {
+        "unlabeled_pixel_mask": torch.ones(B, H, W, dtype=torch.bool),
+        "unlabeled_labels": torch.zeros(B, H, W, dtype=torch.long),
+        "step": 3,
+    }
+    run(objective, **inputs)  # constants are made once, at the first step
+    with HostRoundTrips() as recorder:
+        output = run(objective, **inputs)
+        output.loss.backward()
+        objective.update_teacher(3)
+    assert recorder.found == []
+    assert {"pseudo_label_accuracy", "unlabeled_weight", "confident_ratio"} <= set(output.logs)

@@ -91,7 +91,7 @@ FLAG_DEFAULTS = {
     "max_train_steps": 1000,
     "per_device_train_batch_size": 8,
     "per_device_unlabeled_batch_size": None,
-    "per_device_eval_batch_size": 1,
+    "per_device_eval_batch_size": 4,  # was 1 before issue 10: same-size images share a pass
     "learning_rate": 0.0002,
     "head_learning_rate_multiplier": 10.0,
     "weight_decay": 0.01,

@@ -1,0 +1,73 @@
+"""The issue-10 benchmarks run end to end on a tiny CamVid-like folder (their figures come from real runs)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import make_camvid_like, tiny_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+@pytest.fixture
+def camvid_split(tmp_path: Path) -> Path:
+    root = make_camvid_like(tmp_path / "camvid")
+    (root / "splits" / "1_8").mkdir(parents=True)
+    (root / "splits" / "1_8" / "labeled.txt").write_text("f000\nf001\n")
+    (root / "splits" / "1_8" / "unlabeled.txt").write_text("\n".join(f"f{i:03d}" for i in range(2, 10)) + "\n")
+    return root
+
+
+def test_step_cost_times_every_pass_of_every_setting(camvid_split, capsys):
+    import step_cost
+
+    argv = ["--camvid", str(camvid_split), "--presets", "fixmatch", "unimatch+maskmatch", "--steps", "1",
+            "--warmup", "0", "--crop_size", "32", "--batch_size", "2", "--upernet_hidden_size", "8"]  # fmt: skip
+    step_cost.main(argv)
+    printed = capsys.readouterr().out
+    assert "| **maskmatch / fixmatch**" not in printed  # only with both presets
+    for mode in step_cost.MODES:
+        assert f"Parts of the step, {mode}" in printed
+    rows = [
+        "student masked: backward",
+        "student feature-perturbed: forward",
+        "teacher: model passes",
+        "strong views + CutMix + masking",
+        "data loading + weak view",
+        "overhead = step - model passes",
+    ]
+    for row in rows:
+        assert f"| {row} |" in printed
+
+
+def test_teacher_ensemble_scores_each_ensemble(camvid_split, tmp_path, capsys):
+    import teacher_ensemble
+
+    model = tiny_model("upernet", id2label={i: str(i) for i in range(11)})
+    model.save_pretrained(tmp_path / "checkpoint")
+    teacher_ensemble.main(["--camvid", str(camvid_split), "--checkpoints", str(tmp_path / "checkpoint"),
+                           "--crop_size", "32"])  # fmt: skip
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.75, 1, 1.25 |")]
+    assert len(rows) == 2  # with and without flip
+
+
+def test_results_table_recipe_names_only_settings_the_preset_uses():
+    """A setting a preset ignores (the teacher ensemble for fixmatch, everything unlabeled for supervised) is not
+    part of its recipe; the precision and the evaluation / checkpoint schedule reach the reproduce command."""
+    import json
+
+    import results_table
+
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
+    record = json.loads((results / "1_8-fixmatch-seed1-fixed-cpu-2500.json").read_text())
+    old_ensemble = {**record["maskmatch_config"], "ensemble_scales": [0.75, 1.0, 1.25], "mask_patch_size": 8}
+    maskmatch_recipe = ["--mask_patch_size", "8", "--ensemble_scales", "0.75", "1.0", "1.25"]
+    for preset, expected in (("supervised", []), ("fixmatch", []), ("maskmatch", maskmatch_recipe)):
+        assert results_table.recipe({**record, "preset": preset, "maskmatch_config": old_ensemble}) == expected
+    assert results_table.precision(record) == "fp32"
+    bench_command = "python bench/compare_presets.py --mixed_precision bf16 --tag t -- --eval_steps 800 --lambda_s 2"
+    bf16 = {**record, "bench_command": bench_command}
+    assert results_table.precision(bf16) == "bf16"
+    command = results_table.command(bf16, [])
+    assert "--mixed_precision bf16" in command and command.endswith("-- --eval_steps 800")
