@@ -94,9 +94,11 @@ def test_zero_batch_size_never_waits_for_a_full_batch():
 def test_invalid_hyperparameter_and_crop_too_small_for_the_model(camvid_like, tmp_path, capsys, no_training_step):
     message = train_error(capsys, *train_argv(camvid_like, tmp_path / "a"), "--mask_ratio", "1.5")
     assert message == "error: Invalid MaskMatch setting: `mask_ratio` must be in [0, 1), got 1.5."
-    # The tiny SegFormer needs 9 px per side; the teacher sees 8 px crops at scale 0.75 as 6 px.
-    message = train_error(capsys, *train_argv(camvid_like, tmp_path / "b"), "--crop_size", "8")
+    # The tiny SegFormer needs 9 px per side; a 3-scale teacher sees 8 px crops at scale 0.75 as 6 px.
+    argv = [*train_argv(camvid_like, tmp_path / "b"), "--crop_size", "8"]
+    message = train_error(capsys, *argv, "--ensemble_scales", "0.75", "1", "1.25")
     assert "--crop_size 8 is too small for this model" in message and "--crop_size 12 or more" in message
+    assert "--crop_size 9 or more" in train_error(capsys, *argv)  # the default single-scale teacher
 
 
 @pytest.mark.parametrize(
