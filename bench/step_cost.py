@@ -39,9 +39,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from camvid_split import load_camvid_split
 
 import maskmatch_hf.objective as objective_module
-from maskmatch_hf.data import DataConfig, load_segmentation_data
 from maskmatch_hf.data_loaders import infinite_dataloader, sample_seed
 from maskmatch_hf.data_transforms import Resize, WeakAugmentation
 from maskmatch_hf.objective import MaskMatchObjective, fused_adamw_kwargs
@@ -401,14 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if args.resize is None and not (args.camvid / "train").is_dir():
         parser.error(f"no CamVid folder at {args.camvid}")
-    splits = args.camvid / "splits" / args.split
-    data = load_segmentation_data(
-        DataConfig(
-            dataset_name=str(args.camvid),
-            labeled_ids=str(splits / "labeled.txt"),
-            unlabeled_ids=str(splits / "unlabeled.txt"),
-        )
-    )
+    data = load_camvid_split(args.camvid, args.split)
     instrument_objective_module()
     runs = {(p, m): Run(p, m, args, data, device) for p in args.presets for m in args.modes}
     for index in range(args.warmup + args.steps):

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import torch
+from camvid_split import load_camvid_split
 
-from maskmatch_hf.data import DataConfig, load_segmentation_data
 from maskmatch_hf.data_loaders import collate_segmentation, sample_seed
 from maskmatch_hf.data_transforms import Resize, WeakAugmentation
 from maskmatch_hf.metrics import SegmentationMetric
@@ -89,14 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    splits = args.camvid / "splits" / args.split
-    data = load_segmentation_data(
-        DataConfig(
-            dataset_name=str(args.camvid),
-            labeled_ids=str(splits / "labeled.txt"),
-            unlabeled_ids=str(splits / "unlabeled.txt"),
-        )
-    )
+    data = load_camvid_split(args.camvid, args.split)
     batches = weak_views(data.unlabeled, data.label_mapping, args.crop_size, args.resize, args.seed, args.batch_size)
     print(
         f"teacher ensembles on {len(data.unlabeled)} unlabeled frames of CamVid {args.split} (one training weak view "
