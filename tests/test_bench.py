@@ -66,6 +66,8 @@ def test_results_table_recipe_names_only_settings_the_preset_uses():
     for preset, expected in (("supervised", []), ("fixmatch", []), ("maskmatch", maskmatch_recipe)):
         assert results_table.recipe({**record, "preset": preset, "maskmatch_config": old_ensemble}) == expected
     assert results_table.precision(record) == "fp32"
+    assert "--mixed_precision no" in results_table.command(record, [])
+    assert results_table.precision({**record, "mixed_precision": "bf16"}) == "bf16"
     bench_command = "python bench/compare_presets.py --mixed_precision bf16 --tag t -- --eval_steps 800 --lambda_s 2"
     bf16 = {**record, "bench_command": bench_command}
     assert results_table.precision(bf16) == "bf16"
