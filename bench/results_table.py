@@ -42,10 +42,15 @@ def default_bn_momentum(commit: str) -> float:
     return float(re.search(r"batch_norm_momentum: float \| int = ([\d.]+)", source).group(1))
 
 
+def bench_argv(record: dict) -> tuple[list[str], list[str]]:
+    """compare_presets.py's own arguments and the flags it was given after `--` for training."""
+    argv = shlex.split(record["bench_command"])
+    return (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+
+
 def extra_flags(record: dict) -> list[str]:
     """The flags given after `--` to compare_presets.py, loader flags left out."""
-    argv = shlex.split(record["bench_command"])
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    extra = bench_argv(record)[1]
     for flag in ("--dataloader_num_workers",):
         while flag in extra:
             index = extra.index(flag)
@@ -101,8 +106,7 @@ def precision(record: dict) -> str:
     if "mixed_precision" in record:
         value = record["mixed_precision"]
     else:
-        argv = shlex.split(record["bench_command"])
-        head = argv[: argv.index("--")] if "--" in argv else argv
+        head = bench_argv(record)[0]
         value = head[head.index("--mixed_precision") + 1] if "--mixed_precision" in head else None
     return "fp32" if value in (None, "no") else value
 
@@ -114,7 +118,8 @@ def last(curve: list | None) -> str:
 def command(record: dict, flags: list[str]) -> str:
     argv = ["python", "bench/compare_presets.py", "--camvid", ".camvid240", "--split", record["split"],
             "--steps", str(record["steps"]), "--presets", record["preset"], "--seed", str(record["seed"])]  # fmt: skip
-    argv += ["--mixed_precision", "no" if precision(record) == "fp32" else precision(record)]
+    dtype = precision(record)
+    argv += ["--mixed_precision", "no" if dtype == "fp32" else dtype]
     if record["tag"]:
         argv += ["--tag", record["tag"]]
     flags = [*flags, *schedule_flags(record)]
