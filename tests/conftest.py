@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,26 @@ def documented_commands(program: str, *modules: object) -> list[list[str]]:
                 if program in words and "..." not in words:
                     commands.append(words[words.index(program) + 1 :])
     return commands
+
+
+# Inference flags of `maskmatch-predict` and `maskmatch-evaluate` renamed in 0.2: (old, new).
+RENAMED_INFERENCE_FLAGS = [
+    ("--model", "--model_name_or_path"),
+    ("--scales", "--ensemble_scales"),
+    ("--flip", "--ensemble_flip"),
+]
+
+
+def assert_inference_flags_renamed(caught: list, parse_args: Callable[[list[str]], object], capsys) -> None:
+    """The FutureWarnings `caught` name each old inference flag and its new name, in order, and `--help` of
+    `parse_args` lists the new names only."""
+    pattern = r"(--\w+) is deprecated.*; use (--\w+) instead\.$"
+    assert [re.match(pattern, str(w.message)).groups() for w in caught] == RENAMED_INFERENCE_FLAGS
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    flags = set(re.findall(r"--\w+", capsys.readouterr().out))
+    old, new = (set(names) for names in zip(*RENAMED_INFERENCE_FLAGS))
+    assert new <= flags and not old & flags
 
 
 def free_port() -> int:

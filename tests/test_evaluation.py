@@ -24,7 +24,7 @@ from maskmatch_hf.evaluation import evaluate_checkpoint, main, parse_args
 from maskmatch_hf.metrics import SegmentationMetric
 from maskmatch_hf.modeling_maskmatch import multiscale_probabilities
 
-from .conftest import PALETTE, documented_commands
+from .conftest import PALETTE, assert_inference_flags_renamed, documented_commands
 
 SCORES = ("mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou", "per_category_accuracy")
 
@@ -186,14 +186,7 @@ def test_flags_share_training_names_and_the_old_ones_still_work(capsys):
     with pytest.warns(FutureWarning) as caught:
         old, old_data = parse_args(["--model=m", "--dataset_name=d", "--scales", "0.5", "1", "--flip"])
     assert (old, old_data) == (new, new_data)
-    assert [re.match(r"(--\w+) is deprecated.*; use (--\w+) instead\.$", str(w.message)).groups() for w in caught] == [
-        ("--model", "--model_name_or_path"), ("--scales", "--ensemble_scales"), ("--flip", "--ensemble_flip")
-    ]  # fmt: skip
-    with pytest.raises(SystemExit):
-        parse_args(["--help"])
-    flags = set(re.findall(r"--\w+", capsys.readouterr().out))
-    assert {"--model_name_or_path", "--ensemble_scales", "--ensemble_flip"} <= flags
-    assert not {"--model", "--scales", "--flip"} & flags
+    assert_inference_flags_renamed(caught, parse_args, capsys)
 
 
 def test_documented_commands_parse_without_deprecation_warnings():

@@ -1,7 +1,6 @@
 """`maskmatch_hf.predict`: loading, test-time augmentation, palettes and the `maskmatch-predict` command."""
 
 import logging
-import re
 import warnings
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from maskmatch_hf.data import CAMVID_ID2LABEL
 from maskmatch_hf.modeling_maskmatch import multiscale_probabilities
 from maskmatch_hf.predict import colorize, label_palette, legend, load_segmenter, main, overlay, predict_label_maps
 
-from .conftest import PALETTE, assert_label_maps_match, documented_commands, tiny_model
+from .conftest import PALETTE, assert_inference_flags_renamed, assert_label_maps_match, documented_commands, tiny_model
 
 
 def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -197,14 +196,7 @@ def test_flags_share_training_names_and_the_old_ones_still_work(capsys):
     with pytest.warns(FutureWarning) as caught:
         old = predict.parse_args(["--model=m", *required, "--scales", "0.5", "1", "--flip"])
     assert old == new
-    assert [re.match(r"(--\w+) is deprecated.*; use (--\w+) instead\.$", str(w.message)).groups() for w in caught] == [
-        ("--model", "--model_name_or_path"), ("--scales", "--ensemble_scales"), ("--flip", "--ensemble_flip")
-    ]  # fmt: skip
-    with pytest.raises(SystemExit):
-        predict.parse_args(["--help"])
-    flags = set(re.findall(r"--\w+", capsys.readouterr().out))
-    assert {"--model_name_or_path", "--ensemble_scales", "--ensemble_flip"} <= flags
-    assert not {"--model", "--scales", "--flip"} & flags
+    assert_inference_flags_renamed(caught, predict.parse_args, capsys)
 
 
 def test_documented_commands_parse_without_deprecation_warnings():
