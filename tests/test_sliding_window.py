@@ -13,7 +13,7 @@ from maskmatch_hf.modeling_maskmatch import multiscale_probabilities, resize_map
 from maskmatch_hf.pipeline_maskmatch import TASK
 from maskmatch_hf.predict import load_segmenter, main, predict_label_maps
 
-from .conftest import tiny_model
+from .conftest import assert_label_maps_match, tiny_model
 
 WINDOW = {"window_size": 24, "window_stride": 16}
 
@@ -116,6 +116,7 @@ def test_predict_and_the_pipeline_use_the_same_windows(trained_checkpoint, train
     argv += ["--save_raw_labels"]
     assert main([*argv, "--output_dir", str(tmp_path / "out"), "--window_size", "24", "--window_stride", "16"]) == 0
     [plain] = predict_label_maps(model, image_processor, [image], **WINDOW)
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "frame_labels.png")), plain)
+    # `main` loads its own model instance from the checkpoint: near-ties may flip on another CPU.
+    assert_label_maps_match(np.asarray(Image.open(tmp_path / "out" / "frame_labels.png")), plain)
     assert main([*argv, "--output_dir", str(tmp_path / "bad"), "--window_stride", "16"]) == 1  # stride, no window
     assert not (tmp_path / "bad").exists()
