@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_table import LOADER_FLAGS
 
 from maskmatch_hf.train import main as train_main
 
@@ -164,7 +165,7 @@ def main() -> None:
     args = parser.parse_args()
     args.train_args = [a for a in args.train_args if a != "--"]
     # Flags that change the recipe need a tag; how the data is loaded does not.
-    recipe_flags = [a for a in args.train_args if a.startswith("--") and a != "--dataloader_num_workers"]
+    recipe_flags = [a for a in args.train_args if a.startswith("--") and a not in LOADER_FLAGS]
     if recipe_flags and not args.tag:
         parser.error(f"runs with extra training flags ({' '.join(recipe_flags)}) need a --tag")
     for preset in args.presets:

@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+# Flags that change how the data is loaded, never what is trained: no tag needed, left out of the recipe.
+LOADER_FLAGS = ("--dataloader_num_workers", "--decoded_image_cache_mb")
 RARE = ("pole", "sign_symbol", "fence", "pedestrian", "bicyclist")
 RECIPE_FIELDS = ("class_thresholds", "teacher", "mask_patch_size", "mask_ratio", "ensemble_scales",
                  "unlabeled_rampup_steps", "lambda_mask")  # fmt: skip
@@ -51,7 +53,7 @@ def bench_argv(record: dict) -> tuple[list[str], list[str]]:
 def extra_flags(record: dict) -> list[str]:
     """The flags given after `--` to compare_presets.py, loader flags left out."""
     extra = bench_argv(record)[1]
-    for flag in ("--dataloader_num_workers",):
+    for flag in LOADER_FLAGS:
         while flag in extra:
             index = extra.index(flag)
             del extra[index : index + 2]

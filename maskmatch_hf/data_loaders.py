@@ -47,6 +47,7 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, Sampler, get_worker_info
 
 from .data import DataValidationError
+from .data_transforms import decode_example, decoded_size
 from .errors import MaskMatchUsageError
 
 Transform = Callable[[dict[str, Any], int], dict[str, torch.Tensor]]
@@ -121,18 +122,36 @@ class InfiniteShardedBatchSampler(Sampler[list[tuple[int, int]]]):
 
 
 class TransformedDataset(torch.utils.data.Dataset):
-    """Map-style view applying `transform(example, seed)` to the rows asked for by `(index, seed)` keys."""
+    """Map-style view applying `transform(example, seed)` to the rows asked for by `(index, seed)` keys.
 
-    def __init__(self, dataset: Dataset, transform: Transform):
+    With `cache_bytes > 0` the decoded images and masks of the rows read first are kept, up to about that many
+    bytes (in each process and DataLoader worker), and later epochs transform them without decoding them again:
+    training cycles over small labeled sets hundreds of times, and decoding a PNG costs more than the whole weak
+    view (`bench/step_cost.py`). The transform's output does not depend on the cache.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Transform, cache_bytes: int = 0):
         self.dataset = dataset
         self.transform = transform
+        self.cache_bytes = cache_bytes
+        self.decoded: dict[int, dict[str, Any]] = {}
+        self.decoded_bytes = 0
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, seed = key
-        return self.transform(self.dataset[index], seed)
+        example = self.decoded.get(index)
+        if example is None:
+            example = self.dataset[index]
+            if self.cache_bytes > 0:
+                example = decode_example(example)
+                size = decoded_size(example)
+                if self.decoded_bytes + size <= self.cache_bytes:
+                    self.decoded[index] = example
+                    self.decoded_bytes += size
+        return self.transform(example, seed)
 
 
 class StreamingBatches(torch.utils.data.IterableDataset):
@@ -236,12 +255,14 @@ def infinite_dataloader(
     ignore_index: int = 255,
     pin_memory: bool = False,
     check_example: ExampleCheck | None = None,
+    cache_bytes: int = 0,
 ) -> DataLoader:
     """A DataLoader whose iterator yields this rank's batches for steps `start_step, start_step + 1, ...` forever.
 
     Use one seed per stream (e.g. `seed` for labeled, `seed + 1` for unlabeled data) so the streams draw
     unrelated orders and augmentations. Iterate it once: `batches = iter(loader)`, then `next(batches)` per step.
-    `check_example` is run on every example of a streamed `dataset` before its transform.
+    `check_example` is run on every example of a streamed `dataset` before its transform. A map-style `dataset`
+    keeps up to `cache_bytes` of decoded images ([`TransformedDataset`]); a stream is never read twice in a pass.
     """
     collate_fn = functools.partial(collate_segmentation, ignore_index=ignore_index)
     if isinstance(dataset, IterableDataset):
@@ -260,7 +281,7 @@ def infinite_dataloader(
         return DataLoader(batches, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
     sampler = InfiniteShardedBatchSampler(len(dataset), batch_size, seed, rank, world_size, start_step)
     return DataLoader(
-        TransformedDataset(dataset, transform),
+        TransformedDataset(dataset, transform, cache_bytes),
         batch_sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate_fn,

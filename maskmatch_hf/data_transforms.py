@@ -55,6 +55,25 @@ def decode_label(value: Any, fallback: str = "(no file name)") -> PIL.Image.Imag
     return PIL.Image.fromarray(np.asarray(value, dtype=np.int32))
 
 
+def decode_example(example: dict[str, Any]) -> dict[str, Any]:
+    """`example` with its image (and mask, when it has one) decoded into PIL images, which every transform
+    accepts as they are: a decoded example can be kept and transformed again without decoding it again."""
+    decoded = dict(example)
+    decoded[IMAGE_COLUMN] = decode_image(example[IMAGE_COLUMN])
+    if example.get(LABEL_COLUMN) is not None:
+        decoded[LABEL_COLUMN] = decode_label(example[LABEL_COLUMN])
+    return decoded
+
+
+def decoded_size(example: dict[str, Any]) -> int:
+    """Bytes held by the PIL images of a decoded example (pixels x bands x bytes per band)."""
+    images = [value for value in example.values() if isinstance(value, PIL.Image.Image)]
+    wide_modes = ("I", "F")  # 32-bit bands; every other mode stores a byte per band
+    return sum(
+        image.width * image.height * len(image.getbands()) * (4 if image.mode in wide_modes else 1) for image in images
+    )
+
+
 @dataclass(frozen=True)
 class Resize:
     """Deterministic resize applied before anything else (train and eval): to a shorter side or by a factor.
@@ -133,7 +152,16 @@ class WeakAugmentation:
         box = (max(left, 0), max(top, 0), min(left + crop_w, width), min(top + crop_h, height))
         rows = slice(box[1] - top, box[3] - top)
         cols = slice(box[0] - left, box[2] - left)
-        region = image.resize((width, height), PIL.Image.BILINEAR).crop(box)
+        # Resample only the crop window (the rest of the rescaled image would be thrown away): `box` mapped back
+        # to the decoded image's coordinates; PIL's filters still read the pixels around it.
+        source_box = (
+            box[0] * image.width / width,
+            box[1] * image.height / height,
+            box[2] * image.width / width,
+            box[3] * image.height / height,
+        )
+        window = (box[2] - box[0], box[3] - box[1])
+        region = image.resize(window, PIL.Image.BILINEAR, box=source_box)
 
         pixel_values = np.zeros((crop_h, crop_w, 3), dtype=np.float32)
         pixel_values[rows, cols] = _normalize(region, self.image_mean, self.image_std)
@@ -144,7 +172,7 @@ class WeakAugmentation:
             arrays["pixel_mask"] = pixel_mask
         if label is not None:
             labels = np.full((crop_h, crop_w), self.label_mapping.ignore_index, dtype=np.int64)
-            region = label.resize((width, height), PIL.Image.NEAREST).crop(box)
+            region = label.resize(window, PIL.Image.NEAREST, box=source_box)
             labels[rows, cols] = self.label_mapping(np.asarray(region))
             arrays["labels"] = labels
         if flip:

@@ -336,6 +336,7 @@ def build_loaders(
         num_workers=args.data.dataloader_num_workers,
         ignore_index=config.ignore_index,
         pin_memory=pin_memory,
+        cache_bytes=args.data.decoded_image_cache_mb * 2**20,
     )
     weak = functools.partial(
         WeakAugmentation,

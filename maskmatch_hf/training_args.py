@@ -65,6 +65,7 @@ NON_NEGATIVE_FLAGS = (
     "num_warmup_steps",
     "checkpoints_total_limit",
     "dataloader_num_workers",
+    "decoded_image_cache_mb",
     "seed",
 )
 
@@ -106,6 +107,10 @@ class DataArguments(DataConfig):
     )
     validation_samples: int = field(default=2000, metadata={"help": "Rows checked per split before training."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader workers per process."})
+    decoded_image_cache_mb: int = field(
+        default=512,
+        metadata={"help": "Decoded training images kept in memory per process and worker, in MiB (0: none)."},
+    )
 
     def data_config(self) -> DataConfig:
         """The [`DataConfig`] part, as `load_segmentation_data` takes it."""

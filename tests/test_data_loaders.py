@@ -13,12 +13,13 @@ from datasets.distributed import split_dataset_by_node
 from maskmatch_hf.data_loaders import (
     InfiniteShardedBatchSampler,
     StreamingBatches,
+    TransformedDataset,
     collate_by_size,
     collate_segmentation,
     eval_dataloader,
     infinite_dataloader,
 )
-from maskmatch_hf.data_transforms import WeakAugmentation
+from maskmatch_hf.data_transforms import WeakAugmentation, decode_example, decoded_size
 
 from .data_helpers import (
     assert_same_batches,
@@ -52,6 +53,40 @@ def test_map_style_loader_is_deterministic_and_resumes_exactly(train_set: Datase
     assert_same_batches(full[5:], batches(start_step=5))
     assert_same_batches(full[3:], batches(start_step=3, num_workers=2))
     assert not torch.equal(full[0]["pixel_values"], batches(seed=1, num_steps=1)[0]["pixel_values"])
+
+
+class CountingDataset(torch.utils.data.Dataset):
+    """Counts the rows read from a `datasets.Dataset`."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset, self.reads = dataset, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        self.reads += 1
+        return self.dataset[index]
+
+
+def test_decoded_cache_holds_its_budget_and_changes_no_batch(train_set: Dataset):
+    transform = WeakAugmentation(crop_size=32, scale_range=(0.75, 1.5))
+    budget = sum(decoded_size(decode_example(train_set[index])) for index in range(3))
+    counting = CountingDataset(train_set)
+    cached = TransformedDataset(counting, transform, cache_bytes=budget)
+    keys = [(index % 10, seed) for seed, index in enumerate(range(30))]  # three passes over the 10 rows
+    outputs = [cached[key] for key in keys]
+    assert sorted(cached.decoded) == [0, 1, 2] and cached.decoded_bytes == budget
+    assert counting.reads == 10 + 2 * 7  # rows 0-2 are read once, the others on every pass
+    uncached = TransformedDataset(train_set, transform)
+    assert_same_batches(outputs, [uncached[key] for key in keys])
+
+    def batches(cache_bytes: int, num_workers: int = 0):
+        loader = infinite_dataloader(train_set, 3, transform, 0, num_workers=num_workers, cache_bytes=cache_bytes)
+        return take(loader, 8)
+
+    assert_same_batches(batches(0), batches(2**30))
+    assert_same_batches(batches(0), batches(2**30, num_workers=2))
 
 
 @pytest.mark.parametrize("num_samples, world_size", [(10, 2), (7, 2), (5, 3), (2, 3)])

@@ -61,3 +61,28 @@ def test_resize_and_eval_transform(mini_camvid: Path):
     assert Resize(scale=0.5)((480, 360)) == (240, 180)
     with pytest.raises(ValueError):
         Resize()
+
+
+@pytest.mark.parametrize("ratio", [0.6, 1.0, 1.37, 2.0])
+def test_weak_view_resamples_only_the_crop_window(ratio: float):
+    """The weak view resizes the crop window alone, with the pixels of rescaling the whole image then cropping."""
+    labels = block_labels(np.random.default_rng(1), 60, 80)
+    x, y = np.meshgrid(np.linspace(0, 255, 80), np.linspace(0, 255, 60))  # colour = position
+    image = Image.fromarray(np.stack([x, y, np.full_like(x, 128)], axis=-1).round().astype(np.uint8))
+    width, height = round(80 * ratio), round(60 * ratio)
+    full_image = np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.float32) / 255
+    full_labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
+    scale = {"scale_range": (ratio, ratio), "hflip_prob": 0.0}
+    transform = WeakAugmentation(crop_size=48, image_mean=MEAN, image_std=STD, return_pixel_mask=True, **scale)
+    for seed in range(4):
+        out = transform({"image": image, "label": Image.fromarray(labels)}, seed)
+        rows, cols = (np.flatnonzero(out["pixel_mask"].numpy().any(axis=a)) for a in (1, 0))
+        window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        colours = (out["pixel_values"].permute(1, 2, 0).numpy() * STD + MEAN)[window]
+        # Where the window's first pixel lies in the rescaled image: its colour says so.
+        top, left = np.unravel_index(np.abs(full_image - colours[0, 0]).sum(-1).argmin(), full_image.shape[:2])
+        h, w = colours.shape[:2]
+        assert np.abs(colours - full_image[top : top + h, left : left + w]).max() < 2.5 / 255, seed
+        # NEAREST may round exact ties the other way in the window's coordinates: a few boundary pixels.
+        mismatch = (out["labels"].numpy()[window] != full_labels[top : top + h, left : left + w]).mean()
+        assert mismatch < 0.03, (seed, mismatch)

@@ -76,6 +76,7 @@ def truncate(path: Path) -> None:
         ("--validation_samples", "0"),
         ("--weight_decay", "-0.1"),
         ("--num_warmup_steps", "-1"),
+        ("--decoded_image_cache_mb", "-1"),
     ],
     ids=lambda flag: " ".join(flag),
 )

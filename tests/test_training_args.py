@@ -62,6 +62,7 @@ FLAG_DEFAULTS = {
     "scale_range": [0.5, 2.0],
     "validation_samples": 2000,
     "dataloader_num_workers": 0,
+    "decoded_image_cache_mb": 512,
     "image_mean": None,
     "image_std": None,
     "preset": None,
