@@ -76,6 +76,12 @@ class MaskMatchConfig(PreTrainedConfig):
             teacher is still unsure of get pseudo-labels before their confidence reaches the global threshold.
         class_threshold_momentum (`float`, defaults to 0.99):
             Momentum of the running per-class confidence `m_c` (one update per step).
+        logit_adjustment (`float`, defaults to 0.0):
+            `tau` of the pseudo-labels' logit adjustment: the teacher's log-probabilities are shifted by
+            `-tau * log(pi)`, `pi` the class frequencies of the labeled pixels seen so far, before the argmax and the
+            confidence. A teacher trained on imbalanced labels absorbs the pixels of rare classes into frequent
+            ones (on CamVid 1/8 it recalls a quarter of the fence pixels of unlabeled frames); `tau = 1` is the
+            balanced classifier of post-hoc logit adjustment (Menon et al., 2021). 0 turns it off.
         unlabeled_rampup_steps (`int`, defaults to 0):
             The unlabeled loss weights (`lambda_s`, `lambda_mask`, `lambda_fp`) ramp linearly from 0 at step 0 to
             their full value at this step, while the teacher is still poor. 0 means full weight from the start.
@@ -115,6 +121,7 @@ class MaskMatchConfig(PreTrainedConfig):
     confidence_threshold: float | int = 0.95
     class_thresholds: str = "fixed"
     class_threshold_momentum: float | int = 0.99
+    logit_adjustment: float | int = 0.0
     unlabeled_rampup_steps: int = 0
     lambda_s: float | int = 1.0
     lambda_mask: float | int = 0.5
@@ -160,6 +167,8 @@ class MaskMatchConfig(PreTrainedConfig):
             )
         if not 0.0 <= self.class_threshold_momentum < 1.0:
             raise ValueError(f"`class_threshold_momentum` must be in [0, 1), got {self.class_threshold_momentum}.")
+        if not self.logit_adjustment >= 0:
+            raise ValueError(f"`logit_adjustment` must be non-negative, got {self.logit_adjustment}.")
         if self.unlabeled_rampup_steps < 0:
             raise ValueError(f"`unlabeled_rampup_steps` must be non-negative, got {self.unlabeled_rampup_steps}.")
         if not 0.0 <= self.mask_ratio < 1.0:

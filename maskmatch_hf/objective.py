@@ -110,7 +110,8 @@ class MaskMatchObjective(nn.Module):
     `config.unlabeled_updates_bn_stats`).
 
     With `config.class_thresholds="adaptive"` the objective keeps the running per-class confidence
-    `class_confidence` as a buffer, saved and restored with the training state.
+    `class_confidence` as a buffer, and with `config.logit_adjustment` the count of labeled pixels per class
+    `labeled_class_pixels`; both are saved and restored with the training state.
 
     `channels_last` (default: [`prefers_channels_last`], i.e. for UperNet segmenters) puts the student's (and EMA
     teacher's) weights in channels-last memory format, which convolutions then follow: the same values and
@@ -129,6 +130,7 @@ class MaskMatchObjective(nn.Module):
             self.ema_teacher = copy.deepcopy(student).requires_grad_(False).eval()
         num_labels = student.config.num_labels
         self.register_buffer("class_confidence", torch.full((num_labels,), student.config.confidence_threshold))
+        self.register_buffer("labeled_class_pixels", torch.zeros(num_labels))
 
     @property
     def config(self):
@@ -200,6 +202,25 @@ class MaskMatchObjective(nn.Module):
         self.class_confidence.copy_(torch.where(seen, updated, self.class_confidence))
         return config.confidence_threshold * self.class_confidence / self.class_confidence.max().clamp_min(1e-6)
 
+    @torch.no_grad()
+    def count_labeled_pixels(self, labels: torch.LongTensor) -> None:
+        """Adds the batch's labeled pixels per class (void left out; summed over processes) to the running count."""
+        num_labels = self.labeled_class_pixels.numel()
+        # Void falls in an extra last bin, which is dropped (no boolean indexing: no wait on an accelerator).
+        counts = torch.zeros(num_labels + 1, device=labels.device)
+        counts.index_add_(0, labels.clamp(max=num_labels).flatten(), torch.ones(labels.numel(), device=labels.device))
+        self.labeled_class_pixels += _all_reduce_sum(counts[:-1])
+
+    def adjusted_probabilities(self, probabilities: torch.FloatTensor) -> torch.FloatTensor:
+        """`softmax(log p - tau * log pi)` over classes (dim 1), `pi` the labeled class frequencies (add-one
+        smoothed, so a class not seen yet gets the largest boost), `tau = config.logit_adjustment`."""
+        tau = self.config.logit_adjustment
+        if tau == 0:
+            return probabilities
+        prior = (self.labeled_class_pixels + 1) / (self.labeled_class_pixels.sum() + self.labeled_class_pixels.numel())
+        shift = tau * prior.log().view(1, -1, *([1] * (probabilities.dim() - 2)))
+        return (probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log() - shift).softmax(dim=1)
+
     def pseudo_labels(
         self, pixel_values: torch.FloatTensor, real: torch.BoolTensor
     ) -> tuple[PseudoLabels, torch.Tensor]:
@@ -207,7 +228,8 @@ class MaskMatchObjective(nn.Module):
 
         Crop padding (`real` False) becomes void; the running class confidences see real pixels only.
         """
-        confidence, prediction = self.teacher_probabilities(pixel_values).max(dim=1)
+        probabilities = self.adjusted_probabilities(self.teacher_probabilities(pixel_values))
+        confidence, prediction = probabilities.max(dim=1)
         thresholds = self.class_thresholds(confidence, prediction, real)
         confident = confidence >= thresholds[prediction]
         labels = prediction.masked_fill(~real, self.config.ignore_index)
@@ -249,6 +271,8 @@ class MaskMatchObjective(nn.Module):
             raise ValueError(f"The `{config.preset}` preset needs `unlabeled_pixel_values`.")
 
         # Teacher: pseudo-labels of the complete weak views (and of the CutMix partners, when given).
+        if config.logit_adjustment:
+            self.count_labeled_pixels(labels)
         real = self._real_pixels(unlabeled_pixel_values, unlabeled_pixel_mask)
         if cutmix_pixel_values is None:
             pseudo, thresholds = self.pseudo_labels(unlabeled_pixel_values, real)

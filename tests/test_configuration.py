@@ -59,6 +59,8 @@ def test_labels_are_shared_with_the_segmenter():
         ("confidence_threshold", 1.5),
         ("cutmix_prob", 2.0),
         ("lambda_mask", -1.0),
+        ("logit_adjustment", -0.5),
+        ("logit_adjustment", float("nan")),
     ],
 )
 def test_invalid_values_raise_naming_the_field(field, value):

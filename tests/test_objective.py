@@ -294,6 +294,31 @@ def test_class_thresholds_follow_the_running_class_confidence(monkeypatch, mode)
     assert logs[f"confident_ratio/{names[2]}"] == 0
 
 
+@pytest.mark.parametrize("tau", [0.0, 1.0])
+def test_logit_adjustment_shifts_pseudo_labels_towards_rare_labeled_classes(monkeypatch, tau):
+    objective = MaskMatchObjective(tiny_model(preset="fixmatch", confidence_threshold=0.6, logit_adjustment=tau))
+    probs = torch.zeros(B, NUM_LABELS, H, W)
+    probs[:, 0], probs[:, 1] = 0.7, 0.3  # the teacher prefers class 0 everywhere
+    monkeypatch.setattr(objective, "teacher_probabilities", lambda pixel_values: probs)
+    labels = torch.zeros(B, H, W, dtype=torch.long)
+    labels[:, :4] = 1  # 1/8 of the labeled pixels are class 1, 7/8 class 0 ...
+    labels[:, -4:] = 255  # ... and void pixels are not counted
+    logs = run(objective, labels=labels).logs
+    names = objective.config.id2label
+    if tau == 0:
+        assert not objective.labeled_class_pixels.any() and logs[f"confident_ratio/{names[0]}"] == 1
+        return
+    counts = torch.tensor([24.0, 4.0, 0.0, 0.0]) * B * W
+    torch.testing.assert_close(objective.labeled_class_pixels, counts)
+    prior = (counts + 1) / (counts.sum() + NUM_LABELS)
+    expected = (probs[0, :, 0, 0].clamp_min(torch.finfo().tiny).log() - prior.log()).softmax(0)
+    assert expected.argmax() == 1 and expected[1] > 0.6  # 0.3 / (1/8) beats 0.7 / (7/8)
+    torch.testing.assert_close(objective.adjusted_probabilities(probs)[0, :, 0, 0], expected)
+    assert logs[f"confident_ratio/{names[1]}"] == 1 and logs[f"confident_ratio/{names[0]}"] == 0
+    run(objective, labels=labels)  # the count accumulates over steps
+    torch.testing.assert_close(objective.labeled_class_pixels, 2 * counts)
+
+
 def test_default_teacher_is_one_pass_over_the_weak_views():
     """Single scale, no flip by default (issue 10: the 3-scale ensemble cost 3.3x for no better pseudo-labels)."""
     model = tiny_model(preset="maskmatch")
