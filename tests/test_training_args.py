@@ -73,6 +73,7 @@ FLAG_DEFAULTS = {
     "confidence_threshold": None,
     "class_thresholds": None,
     "class_threshold_momentum": None,
+    "logit_adjustment": None,
     "unlabeled_rampup_steps": None,
     "lambda_s": None,
     "lambda_mask": None,
