@@ -52,6 +52,19 @@ def test_teacher_ensemble_scores_each_ensemble(camvid_split, tmp_path, capsys):
     assert len(rows) == 2  # with and without flip
 
 
+def test_pseudo_label_balance_scores_each_tau(camvid_split, tmp_path, capsys):
+    import pseudo_label_balance
+
+    model = tiny_model("upernet", id2label={i: f"c{i}" for i in range(11)})
+    model.save_pretrained(tmp_path / "checkpoint")
+    pseudo_label_balance.main(["--camvid", str(camvid_split), "--checkpoints", str(tmp_path / "checkpoint"),
+                               "--crop_size", "32", "--taus", "0", "1"])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" |")[0] for line in lines if line.startswith(("| 0 |", "| 1 |"))] == ["| 0", "| 1"]
+    per_class = [line for line in lines if line.startswith("| ") and line.count("%") == 1 and " / " in line]
+    assert len(per_class) == 11 and all(line.count(" / ") == 4 for line in per_class)
+
+
 def test_results_table_recipe_names_only_settings_the_preset_uses():
     """A setting a preset ignores (the teacher ensemble for fixmatch, everything unlabeled for supervised) is not
     part of its recipe; the precision and the evaluation / checkpoint schedule reach the reproduce command."""

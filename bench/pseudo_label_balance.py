@@ -1,0 +1,117 @@
+"""Benchmark: how balanced are the teacher's pseudo-labels, with and without logit adjustment?
+
+A teacher trained on imbalanced labels absorbs the pixels of rare classes into frequent ones. For each trained
+checkpoint and each `logit_adjustment` tau, the teacher (eval mode, single scale, as in training) labels one
+training weak view of each unlabeled frame of a CamVid split (rescale 0.5-2.0, crop 160, h-flip), its
+probabilities adjusted by `MaskMatchObjective.adjusted_probabilities` with the class frequencies of the split's
+labeled pixels, and the pseudo-labels are scored against the frames' true labels, which training never sees:
+
+- per class, recall (share of the class's pixels pseudo-labeled as it) and precision, for the argmax and for the
+  confident pixels (adjusted max probability >= the threshold, 0.95), which are what the unlabeled losses use;
+- pseudo-label mIoU (argmax), confident share and confident accuracy, over all classes.
+
+    python bench/pseudo_label_balance.py --camvid /tmp/camvid240 --checkpoints outputs/a --taus 0 0.5 1
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from camvid_split import load_camvid_split
+from teacher_ensemble import weak_views
+
+from maskmatch_hf.data_transforms import Resize, decode_label
+from maskmatch_hf.modeling_maskmatch import MaskMatchForSemanticSegmentation
+from maskmatch_hf.objective import MaskMatchObjective
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def labeled_class_pixels(dataset, mapping, num_labels: int) -> torch.Tensor:
+    """Pixels per class over the labeled masks (void left out): what training's running count converges to."""
+    counts = torch.zeros(num_labels)
+    for index in range(len(dataset)):
+        labels = torch.from_numpy(mapping(np.asarray(decode_label(dataset[index]["label"]))))
+        counts += torch.bincount(labels[labels != mapping.ignore_index].flatten(), minlength=num_labels)[:num_labels]
+    return counts
+
+
+@torch.no_grad()
+def confusions(objective: MaskMatchObjective, batches, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Confusion matrices (true x pseudo-label) over all real, non-void pixels and over the confident ones."""
+    num_labels = objective.config.num_labels
+    every = torch.zeros(num_labels, num_labels, dtype=torch.long)
+    sure = torch.zeros_like(every)
+    for batch in batches:
+        probabilities = objective.adjusted_probabilities(objective.teacher_probabilities(batch["pixel_values"]))
+        confidence, prediction = probabilities.max(dim=1)
+        labels = batch["labels"].masked_fill(~batch["pixel_mask"], 255)
+        valid = labels != 255
+        pairs = labels[valid] * num_labels + prediction[valid]
+        every += torch.bincount(pairs, minlength=num_labels**2).view(num_labels, num_labels)
+        confident = (confidence >= threshold)[valid]
+        sure += torch.bincount(pairs[confident], minlength=num_labels**2).view(num_labels, num_labels)
+    return every, sure
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--camvid", type=Path, default=ROOT.parent / "shared/data/camvid")
+    parser.add_argument("--split", default="1_8")
+    parser.add_argument("--resize", type=Resize.from_flag, help="As training's --resize (180 for 480x360 frames).")
+    parser.add_argument("--checkpoints", nargs="+", required=True, help="MaskMatch checkpoint directories.")
+    parser.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0])
+    parser.add_argument("--crop_size", type=int, default=160)
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--threshold", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_camvid_split(args.camvid, args.split)
+    batches = weak_views(data.unlabeled, data.label_mapping, args.crop_size, args.resize, args.seed, args.batch_size)
+    print(
+        f"pseudo-labels of {len(data.unlabeled)} unlabeled frames of CamVid {args.split} (one training weak view "
+        f"each, crop {args.crop_size}), confident: adjusted max probability >= {args.threshold:g}\n"
+    )
+    for checkpoint in args.checkpoints:
+        model = MaskMatchForSemanticSegmentation.from_pretrained(checkpoint).eval()
+        names = [model.config.id2label[index] for index in range(model.config.num_labels)]
+        counts = labeled_class_pixels(data.labeled, data.label_mapping, len(names))
+        results = {}
+        for tau in args.taus:
+            model.config.logit_adjustment = tau
+            objective = MaskMatchObjective(model, channels_last=False)
+            objective.labeled_class_pixels.copy_(counts)
+            results[tau] = confusions(objective, batches, args.threshold)
+        print(f"{checkpoint}\n")
+        print("| tau | PL mIoU | confident | confident accuracy |")
+        print("|---|---|---|---|")
+        for tau, (every, sure) in results.items():
+            iou = every.diag() / (every.sum(0) + every.sum(1) - every.diag()).clamp_min(1)
+            confident, total = sure.sum(), every.sum()
+            print(
+                f"| {tau:g} | {100 * iou.mean():.2f} | {100 * confident / total:.2f}% "
+                f"| {100 * sure.diag().sum() / confident.clamp_min(1):.2f}% |"
+            )
+        print("\nper class, confident recall / precision (argmax recall / precision), %:\n")
+        print("| class | labeled share | " + " | ".join(f"tau {tau:g}" for tau in results) + " |")
+        print("|---|---|" + "---|" * len(results))
+        for index, name in enumerate(names):
+            cells = []
+            for every, sure in results.values():
+                recall = 100 * sure[index, index] / every[index].sum().clamp_min(1)
+                precision = 100 * sure[index, index] / sure[:, index].sum().clamp_min(1)
+                argmax_recall = 100 * every[index, index] / every[index].sum().clamp_min(1)
+                argmax_precision = 100 * every[index, index] / every[:, index].sum().clamp_min(1)
+                cells.append(f"{recall:.1f} / {precision:.1f} ({argmax_recall:.1f} / {argmax_precision:.1f})")
+            print(f"| {name} | {100 * counts[index] / counts.sum():.2f}% | " + " | ".join(cells) + " |")
+        print()
+
+
+if __name__ == "__main__":
+    main()
