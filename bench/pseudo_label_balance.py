@@ -15,19 +15,13 @@ labeled pixels, and the pseudo-labels are scored against the frames' true labels
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 import torch
-from camvid_split import load_camvid_split
-from teacher_ensemble import weak_views
+from teacher_ensemble import teacher_benchmark_parser, unlabeled_weak_views
 
-from maskmatch_hf.data_transforms import Resize, decode_label
+from maskmatch_hf.data_transforms import decode_label
 from maskmatch_hf.modeling_maskmatch import MaskMatchForSemanticSegmentation
 from maskmatch_hf.objective import MaskMatchObjective
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def labeled_class_pixels(dataset, mapping, num_labels: int) -> torch.Tensor:
@@ -58,22 +52,10 @@ def confusions(objective: MaskMatchObjective, batches, threshold: float) -> tupl
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--camvid", type=Path, default=ROOT.parent / "shared/data/camvid")
-    parser.add_argument("--split", default="1_8")
-    parser.add_argument("--resize", type=Resize.from_flag, help="As training's --resize (180 for 480x360 frames).")
-    parser.add_argument("--checkpoints", nargs="+", required=True, help="MaskMatch checkpoint directories.")
+    parser = teacher_benchmark_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0])
-    parser.add_argument("--crop_size", type=int, default=160)
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--threshold", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = load_camvid_split(args.camvid, args.split)
-    batches = weak_views(data.unlabeled, data.label_mapping, args.crop_size, args.resize, args.seed, args.batch_size)
+    data, batches = unlabeled_weak_views(args)
     print(
         f"pseudo-labels of {len(data.unlabeled)} unlabeled frames of CamVid {args.split} (one training weak view "
         f"each, crop {args.crop_size}), confident: adjusted max probability >= {args.threshold:g}\n"

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from camvid_split import load_camvid_split
 
+from maskmatch_hf.data import SegmentationData
 from maskmatch_hf.data_loaders import collate_segmentation, sample_seed
 from maskmatch_hf.data_transforms import Resize, WeakAugmentation
 from maskmatch_hf.metrics import SegmentationMetric
@@ -75,8 +76,9 @@ def score(model, batches, scales, flip, threshold: float) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def teacher_benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """The flags of the benchmarks that score trained teachers on the weak views of a split's unlabeled frames."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--camvid", type=Path, default=ROOT.parent / "shared/data/camvid")
     parser.add_argument("--split", default="1_8")
     parser.add_argument("--resize", type=Resize.from_flag, help="As training's --resize (180 for 480x360 frames).")
@@ -86,11 +88,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def unlabeled_weak_views(args: argparse.Namespace) -> tuple[SegmentationData, list[dict[str, torch.Tensor]]]:
+    """The split (after setting `--threads`) and the batches of one weak view per unlabeled frame."""
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_camvid_split(args.camvid, args.split)
     batches = weak_views(data.unlabeled, data.label_mapping, args.crop_size, args.resize, args.seed, args.batch_size)
+    return data, batches
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = teacher_benchmark_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    data, batches = unlabeled_weak_views(args)
     print(
         f"teacher ensembles on {len(data.unlabeled)} unlabeled frames of CamVid {args.split} (one training weak view "
         f"each, crop {args.crop_size}, batch {args.batch_size}), {torch.get_num_threads()} threads\n"
