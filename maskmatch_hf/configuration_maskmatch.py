@@ -82,6 +82,15 @@ class MaskMatchConfig(PreTrainedConfig):
             confidence. A teacher trained on imbalanced labels absorbs the pixels of rare classes into frequent
             ones (on CamVid 1/8 it recalls a quarter of the fence pixels of unlabeled frames); `tau = 1` is the
             balanced classifier of post-hoc logit adjustment (Menon et al., 2021). 0 turns it off.
+        distribution_alignment (`float`, defaults to 0.0):
+            `tau` of distribution alignment (ReMixMatch, Berthelot et al., 2020): the teacher's probabilities are
+            multiplied by `(pi / p_bar) ** tau` and renormalized before the argmax and the confidence, `pi` the
+            labeled pixels' class frequencies and `p_bar` the running mean of the teacher's class probabilities on
+            real unlabeled pixels (momentum `distribution_alignment_momentum`). Unlike logit adjustment it fades as
+            the teacher's own class distribution approaches the labeled one, so pseudo-labels cannot drift towards
+            rare classes. 0 turns it off; 1 is ReMixMatch's.
+        distribution_alignment_momentum (`float`, defaults to 0.99):
+            Momentum of `p_bar` (one update per step, bias-corrected as Adam's moments).
         unlabeled_rampup_steps (`int`, defaults to 0):
             The unlabeled loss weights (`lambda_s`, `lambda_mask`, `lambda_fp`) ramp linearly from 0 at step 0 to
             their full value at this step, while the teacher is still poor. 0 means full weight from the start.
@@ -122,6 +131,8 @@ class MaskMatchConfig(PreTrainedConfig):
     class_thresholds: str = "fixed"
     class_threshold_momentum: float | int = 0.99
     logit_adjustment: float | int = 0.0
+    distribution_alignment: float | int = 0.0
+    distribution_alignment_momentum: float | int = 0.99
     unlabeled_rampup_steps: int = 0
     lambda_s: float | int = 1.0
     lambda_mask: float | int = 0.5
@@ -167,8 +178,13 @@ class MaskMatchConfig(PreTrainedConfig):
             )
         if not 0.0 <= self.class_threshold_momentum < 1.0:
             raise ValueError(f"`class_threshold_momentum` must be in [0, 1), got {self.class_threshold_momentum}.")
-        if not self.logit_adjustment >= 0:
-            raise ValueError(f"`logit_adjustment` must be non-negative, got {self.logit_adjustment}.")
+        for name in ("logit_adjustment", "distribution_alignment"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"`{name}` must be non-negative, got {getattr(self, name)}.")
+        if not 0.0 <= self.distribution_alignment_momentum < 1.0:
+            raise ValueError(
+                f"`distribution_alignment_momentum` must be in [0, 1), got {self.distribution_alignment_momentum}."
+            )
         if self.unlabeled_rampup_steps < 0:
             raise ValueError(f"`unlabeled_rampup_steps` must be non-negative, got {self.unlabeled_rampup_steps}.")
         if not 0.0 <= self.mask_ratio < 1.0:

@@ -110,8 +110,9 @@ class MaskMatchObjective(nn.Module):
     `config.unlabeled_updates_bn_stats`).
 
     With `config.class_thresholds="adaptive"` the objective keeps the running per-class confidence
-    `class_confidence` as a buffer, and with `config.logit_adjustment` the count of labeled pixels per class
-    `labeled_class_pixels`; both are saved and restored with the training state.
+    `class_confidence` as a buffer; with `config.logit_adjustment` or `config.distribution_alignment` the count of
+    labeled pixels per class `labeled_class_pixels`, and with the latter the running mean of the teacher's class
+    probabilities `teacher_class_mass`. All are saved and restored with the training state.
 
     `channels_last` (default: [`prefers_channels_last`], i.e. for UperNet segmenters) puts the student's (and EMA
     teacher's) weights in channels-last memory format, which convolutions then follow: the same values and
@@ -131,6 +132,8 @@ class MaskMatchObjective(nn.Module):
         num_labels = student.config.num_labels
         self.register_buffer("class_confidence", torch.full((num_labels,), student.config.confidence_threshold))
         self.register_buffer("labeled_class_pixels", torch.zeros(num_labels))
+        # Decayed sums of the teacher's per-class mean probability (first entries) and of their weights (last).
+        self.register_buffer("teacher_class_mass", torch.zeros(num_labels + 1))
 
     @property
     def config(self):
@@ -211,15 +214,39 @@ class MaskMatchObjective(nn.Module):
         counts.index_add_(0, labels.clamp(max=num_labels).flatten(), torch.ones(labels.numel(), device=labels.device))
         self.labeled_class_pixels += _all_reduce_sum(counts[:-1])
 
+    def labeled_class_frequencies(self) -> torch.Tensor:
+        """`pi`: the labeled pixels' class frequencies so far, add-one smoothed (a class not seen yet is not 0)."""
+        counts = self.labeled_class_pixels
+        return (counts + 1) / (counts.sum() + counts.numel())
+
+    @torch.no_grad()
+    def update_teacher_marginal(self, probabilities: torch.FloatTensor, real: torch.BoolTensor) -> None:
+        """Moves `p_bar`, the running mean of the teacher's class probabilities, towards this batch's (real pixels,
+        summed over processes)."""
+        weight = real.unsqueeze(1).to(probabilities.dtype)
+        sums = _all_reduce_sum(torch.cat([(probabilities * weight).sum(dim=(0, 2, 3)), weight.sum().view(1)]))
+        batch = torch.cat([sums[:-1] / sums[-1].clamp_min(1), sums.new_ones(1)])
+        momentum = self.config.distribution_alignment_momentum
+        self.teacher_class_mass.mul_(momentum).add_((1 - momentum) * batch)
+
+    def teacher_marginal(self) -> torch.Tensor:
+        """`p_bar` (bias-corrected: the decayed sum over the decayed weight)."""
+        mass = self.teacher_class_mass
+        return mass[:-1] / mass[-1].clamp_min(torch.finfo(mass.dtype).tiny)
+
     def adjusted_probabilities(self, probabilities: torch.FloatTensor) -> torch.FloatTensor:
-        """`softmax(log p - tau * log pi)` over classes (dim 1), `pi` the labeled class frequencies (add-one
-        smoothed, so a class not seen yet gets the largest boost), `tau = config.logit_adjustment`."""
-        tau = self.config.logit_adjustment
-        if tau == 0:
+        """The teacher's probabilities `(B, C, ...)` as the pseudo-labels use them: with logit adjustment
+        `softmax(log p - tau_la * log pi)`, with distribution alignment `p * (pi / p_bar) ** tau_da` renormalized."""
+        config = self.config
+        if not (config.logit_adjustment or config.distribution_alignment):
             return probabilities
-        prior = (self.labeled_class_pixels + 1) / (self.labeled_class_pixels.sum() + self.labeled_class_pixels.numel())
-        shift = tau * prior.log().view(1, -1, *([1] * (probabilities.dim() - 2)))
-        return (probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log() - shift).softmax(dim=1)
+        log_pi = self.labeled_class_frequencies().log()
+        shift = -config.logit_adjustment * log_pi
+        if config.distribution_alignment:
+            log_p_bar = self.teacher_marginal().clamp_min(torch.finfo(probabilities.dtype).tiny).log()
+            shift = shift + config.distribution_alignment * (log_pi - log_p_bar)
+        shift = shift.view(1, -1, *([1] * (probabilities.dim() - 2)))
+        return (probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log() + shift).softmax(dim=1)
 
     def pseudo_labels(
         self, pixel_values: torch.FloatTensor, real: torch.BoolTensor
@@ -228,8 +255,10 @@ class MaskMatchObjective(nn.Module):
 
         Crop padding (`real` False) becomes void; the running class confidences see real pixels only.
         """
-        probabilities = self.adjusted_probabilities(self.teacher_probabilities(pixel_values))
-        confidence, prediction = probabilities.max(dim=1)
+        probabilities = self.teacher_probabilities(pixel_values)
+        if self.config.distribution_alignment:
+            self.update_teacher_marginal(probabilities, real)
+        confidence, prediction = self.adjusted_probabilities(probabilities).max(dim=1)
         thresholds = self.class_thresholds(confidence, prediction, real)
         confident = confidence >= thresholds[prediction]
         labels = prediction.masked_fill(~real, self.config.ignore_index)
@@ -271,7 +300,7 @@ class MaskMatchObjective(nn.Module):
             raise ValueError(f"The `{config.preset}` preset needs `unlabeled_pixel_values`.")
 
         # Teacher: pseudo-labels of the complete weak views (and of the CutMix partners, when given).
-        if config.logit_adjustment:
+        if config.logit_adjustment or config.distribution_alignment:
             self.count_labeled_pixels(labels)
         real = self._real_pixels(unlabeled_pixel_values, unlabeled_pixel_mask)
         if cutmix_pixel_values is None:

@@ -61,6 +61,8 @@ def test_labels_are_shared_with_the_segmenter():
         ("lambda_mask", -1.0),
         ("logit_adjustment", -0.5),
         ("logit_adjustment", float("nan")),
+        ("distribution_alignment", -1.0),
+        ("distribution_alignment_momentum", 1.0),
     ],
 )
 def test_invalid_values_raise_naming_the_field(field, value):

@@ -319,6 +319,30 @@ def test_logit_adjustment_shifts_pseudo_labels_towards_rare_labeled_classes(monk
     torch.testing.assert_close(objective.labeled_class_pixels, 2 * counts)
 
 
+def test_distribution_alignment_maps_the_teacher_marginal_onto_the_labeled_one(monkeypatch):
+    model = tiny_model(preset="fixmatch", confidence_threshold=0.8, distribution_alignment=1.0)
+    model.config.distribution_alignment_momentum = 0.5
+    objective = MaskMatchObjective(model)
+    probs = torch.zeros(B, NUM_LABELS, H, W)
+    probs[:, 0], probs[:, 1] = 0.7, 0.3
+    probs[..., W // 2 :] = 0.25  # crop padding: left out of the running marginal
+    real = torch.ones(B, H, W, dtype=torch.bool)
+    real[..., W // 2 :] = False
+    monkeypatch.setattr(objective, "teacher_probabilities", lambda pixel_values: probs)
+    labels = torch.zeros(B, H, W, dtype=torch.long)
+    labels[:, :4] = 1  # labeled pixels: 7/8 class 0, 1/8 class 1
+    logs = run(objective, labels=labels, unlabeled_pixel_mask=real).logs
+    torch.testing.assert_close(objective.teacher_marginal(), torch.tensor([0.7, 0.3, 0.0, 0.0]))
+    # A teacher predicting its own marginal everywhere is mapped onto the labeled frequencies (about 7/8, 1/8).
+    pi = objective.labeled_class_frequencies()
+    torch.testing.assert_close(objective.adjusted_probabilities(probs)[0, :, 0, 0], pi)
+    assert logs["confident_ratio"] == pytest.approx(1.0)  # 0.875 >= 0.8, class 0 as before alignment
+    probs[:, 0, :, : W // 2], probs[:, 1, :, : W // 2] = 0.5, 0.5
+    run(objective, labels=labels, unlabeled_pixel_mask=real)
+    # Bias-corrected running mean with momentum 0.5: (0.5 * 0.5 * first + 0.5 * second) / (1 - 0.5 ** 2).
+    torch.testing.assert_close(objective.teacher_marginal(), torch.tensor([1.7 / 3, 1.3 / 3, 0.0, 0.0]))
+
+
 def test_default_teacher_is_one_pass_over_the_weak_views():
     """Single scale, no flip by default (issue 10: the 3-scale ensemble cost 3.3x for no better pseudo-labels)."""
     model = tiny_model(preset="maskmatch")

@@ -51,7 +51,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(camvid_like, tmp_path
     common = ("--gradient_accumulation_steps", accumulation, "--max_train_steps", "4", "--checkpointing_steps", "2",
               "--eval_steps", "2", "--preset", "unimatch+maskmatch", "--teacher", "ema",
               "--ema_momentum", "0.5", "--class_thresholds", "adaptive", "--unlabeled_rampup_steps", "3",
-              "--logit_adjustment", "0.5")  # fmt: skip
+              "--logit_adjustment", "0.5", "--distribution_alignment", "1")  # fmt: skip
     main(train_argv(camvid_like, tmp_path / "straight", *common))
 
     crashed = tmp_path / "crashed"
@@ -75,7 +75,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(camvid_like, tmp_path
     resumed_state = load_file(crashed / "step_4" / "model.safetensors")
     assert straight_state.keys() == resumed_state.keys()
     assert any("ema_teacher" in key for key in straight_state) and "class_confidence" in straight_state
-    assert straight_state["labeled_class_pixels"].sum() > 0
+    assert straight_state["labeled_class_pixels"].sum() > 0 and straight_state["teacher_class_mass"][-1] > 0
     for key in straight_state:
         assert torch.equal(straight_state[key], resumed_state[key]), key
     straight = json.loads((tmp_path / "straight" / "all_results.json").read_text())

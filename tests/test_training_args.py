@@ -74,6 +74,8 @@ FLAG_DEFAULTS = {
     "class_thresholds": None,
     "class_threshold_momentum": None,
     "logit_adjustment": None,
+    "distribution_alignment": None,
+    "distribution_alignment_momentum": None,
     "unlabeled_rampup_steps": None,
     "lambda_s": None,
     "lambda_mask": None,
