@@ -1,16 +1,19 @@
-"""Benchmark: how balanced are the teacher's pseudo-labels, with and without logit adjustment?
+"""Benchmark: how balanced are the teacher's pseudo-labels, with logit adjustment or distribution alignment?
 
 A teacher trained on imbalanced labels absorbs the pixels of rare classes into frequent ones. For each trained
-checkpoint and each `logit_adjustment` tau, the teacher (eval mode, single scale, as in training) labels one
-training weak view of each unlabeled frame of a CamVid split (rescale 0.5-2.0, crop 160, h-flip), its
-probabilities adjusted by `MaskMatchObjective.adjusted_probabilities` with the class frequencies of the split's
-labeled pixels, and the pseudo-labels are scored against the frames' true labels, which training never sees:
+checkpoint and each `tau` of `--method` (`logit_adjustment` or `distribution_alignment`), the teacher (eval mode,
+single scale, as in training) labels one training weak view of each unlabeled frame of a CamVid split (rescale
+0.5-2.0, crop 160, h-flip), its probabilities adjusted by `MaskMatchObjective.adjusted_probabilities` with the
+class frequencies of the split's labeled pixels (and, for distribution alignment, the teacher's mean class
+probabilities over all these views, the value its running mean settles at), and the pseudo-labels are scored
+against the frames' true labels, which training never sees:
 
 - per class, recall (share of the class's pixels pseudo-labeled as it) and precision, for the argmax and for the
   confident pixels (adjusted max probability >= the threshold, 0.95), which are what the unlabeled losses use;
 - pseudo-label mIoU (argmax), confident share and confident accuracy, over all classes.
 
-    python bench/pseudo_label_balance.py --camvid /tmp/camvid240 --checkpoints outputs/a --taus 0 0.5 1
+    python bench/pseudo_label_balance.py --camvid /tmp/camvid240 --checkpoints outputs/a --taus 0 0.5 1 \
+        --method distribution_alignment
 """
 
 from __future__ import annotations
@@ -34,6 +37,16 @@ def labeled_class_pixels(dataset, mapping, num_labels: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def teacher_marginal(model: MaskMatchForSemanticSegmentation, batches) -> torch.Tensor:
+    """The teacher's mean class probabilities over the real pixels of all the views."""
+    mass = torch.zeros(model.config.num_labels)
+    for batch in batches:
+        probabilities = model.ensemble_probabilities(batch["pixel_values"], scales=[1.0])
+        mass += (probabilities * batch["pixel_mask"].unsqueeze(1)).sum(dim=(0, 2, 3))
+    return mass / sum(int(batch["pixel_mask"].sum()) for batch in batches)
+
+
+@torch.no_grad()
 def confusions(objective: MaskMatchObjective, batches, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Confusion matrices (true x pseudo-label) over all real, non-void pixels and over the confident ones."""
     num_labels = objective.config.num_labels
@@ -54,6 +67,7 @@ def confusions(objective: MaskMatchObjective, batches, threshold: float) -> tupl
 def main(argv: list[str] | None = None) -> None:
     parser = teacher_benchmark_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0])
+    parser.add_argument("--method", choices=["logit_adjustment", "distribution_alignment"], default="logit_adjustment")
     args = parser.parse_args(argv)
     data, batches = unlabeled_weak_views(args)
     print(
@@ -64,13 +78,16 @@ def main(argv: list[str] | None = None) -> None:
         model = MaskMatchForSemanticSegmentation.from_pretrained(checkpoint).eval()
         names = [model.config.id2label[index] for index in range(model.config.num_labels)]
         counts = labeled_class_pixels(data.labeled, data.label_mapping, len(names))
+        marginal = teacher_marginal(model, batches) if args.method == "distribution_alignment" else None
         results = {}
         for tau in args.taus:
-            model.config.logit_adjustment = tau
+            setattr(model.config, args.method, tau)
             objective = MaskMatchObjective(model, channels_last=False)
             objective.labeled_class_pixels.copy_(counts)
+            if marginal is not None:
+                objective.teacher_class_mass.copy_(torch.cat([marginal, marginal.new_ones(1)]))
             results[tau] = confusions(objective, batches, args.threshold)
-        print(f"{checkpoint}\n")
+        print(f"{checkpoint} ({args.method})\n")
         print("| tau | PL mIoU | confident | confident accuracy |")
         print("|---|---|---|---|")
         for tau, (every, sure) in results.items():

@@ -63,6 +63,9 @@ def test_pseudo_label_balance_scores_each_tau(camvid_split, tmp_path, capsys):
     assert [line.split(" |")[0] for line in lines if line.startswith(("| 0 |", "| 1 |"))] == ["| 0", "| 1"]
     per_class = [line for line in lines if line.startswith("| ") and line.count("%") == 1 and " / " in line]
     assert len(per_class) == 11 and all(line.count(" / ") == 4 for line in per_class)
+    pseudo_label_balance.main(["--camvid", str(camvid_split), "--checkpoints", str(tmp_path / "checkpoint"),
+                               "--crop_size", "32", "--taus", "0", "--method", "distribution_alignment"])  # fmt: skip
+    assert "(distribution_alignment)" in capsys.readouterr().out
 
 
 def test_results_table_recipe_names_only_settings_the_preset_uses():
