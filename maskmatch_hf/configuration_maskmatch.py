@@ -82,6 +82,11 @@ class MaskMatchConfig(PreTrainedConfig):
             confidence. A teacher trained on imbalanced labels absorbs the pixels of rare classes into frequent
             ones (on CamVid 1/8 it recalls a quarter of the fence pixels of unlabeled frames); `tau = 1` is the
             balanced classifier of post-hoc logit adjustment (Menon et al., 2021). 0 turns it off.
+        logit_adjusted_loss (`float`, defaults to 0.0):
+            `tau` of the logit-adjusted cross-entropy (Menon et al., 2021) in every loss term, labeled and unlabeled
+            and in every preset: the loss sees `logits + tau * log(pi)`, `pi` the labeled pixels' class
+            frequencies, so the model's own logits learn the class-balanced posterior; the teacher's pseudo-labels,
+            its argmax, are balanced without being shifted again at every step. 0 turns it off.
         distribution_alignment (`float`, defaults to 0.0):
             `tau` of distribution alignment (ReMixMatch, Berthelot et al., 2020): the teacher's probabilities are
             multiplied by `(pi / p_bar) ** tau` and renormalized before the argmax and the confidence, `pi` the
@@ -131,6 +136,7 @@ class MaskMatchConfig(PreTrainedConfig):
     class_thresholds: str = "fixed"
     class_threshold_momentum: float | int = 0.99
     logit_adjustment: float | int = 0.0
+    logit_adjusted_loss: float | int = 0.0
     distribution_alignment: float | int = 0.0
     distribution_alignment_momentum: float | int = 0.99
     unlabeled_rampup_steps: int = 0
@@ -178,7 +184,7 @@ class MaskMatchConfig(PreTrainedConfig):
             )
         if not 0.0 <= self.class_threshold_momentum < 1.0:
             raise ValueError(f"`class_threshold_momentum` must be in [0, 1), got {self.class_threshold_momentum}.")
-        for name in ("logit_adjustment", "distribution_alignment"):
+        for name in ("logit_adjustment", "logit_adjusted_loss", "distribution_alignment"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"`{name}` must be non-negative, got {getattr(self, name)}.")
         if not 0.0 <= self.distribution_alignment_momentum < 1.0:
@@ -209,6 +215,11 @@ class MaskMatchConfig(PreTrainedConfig):
             raise ValueError(f"`color_jitter` must hold 4 non-negative strengths, got {self.color_jitter}.")
         if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             raise ValueError(f"`blur_sigma` must be a range (min, max) with 0 < min <= max, got {self.blur_sigma}.")
+
+    @property
+    def uses_class_frequencies(self) -> bool:
+        """Whether the objective needs the labeled pixels' class frequencies (a prior-based correction is on)."""
+        return bool(self.logit_adjustment or self.logit_adjusted_loss or self.distribution_alignment)
 
     @property
     def components(self) -> PresetComponents:

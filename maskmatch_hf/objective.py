@@ -110,9 +110,9 @@ class MaskMatchObjective(nn.Module):
     `config.unlabeled_updates_bn_stats`).
 
     With `config.class_thresholds="adaptive"` the objective keeps the running per-class confidence
-    `class_confidence` as a buffer; with `config.logit_adjustment` or `config.distribution_alignment` the count of
-    labeled pixels per class `labeled_class_pixels`, and with the latter the running mean of the teacher's class
-    probabilities `teacher_class_mass`. All are saved and restored with the training state.
+    `class_confidence` as a buffer; with a prior-based correction (`config.uses_class_frequencies`) the count of
+    labeled pixels per class `labeled_class_pixels`, and with distribution alignment the running mean of the
+    teacher's class probabilities `teacher_class_mass`. All are saved and restored with the training state.
 
     `channels_last` (default: [`prefers_channels_last`], i.e. for UperNet segmenters) puts the student's (and EMA
     teacher's) weights in channels-last memory format, which convolutions then follow: the same values and
@@ -248,6 +248,16 @@ class MaskMatchObjective(nn.Module):
         shift = shift.view(1, -1, *([1] * (probabilities.dim() - 2)))
         return (probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log() + shift).softmax(dim=1)
 
+    def cross_entropy(
+        self, logits: torch.Tensor, target: torch.LongTensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[`pixel_cross_entropy`] of the student's `logits`, logit-adjusted by `tau * log(pi)` (`tau` =
+        `config.logit_adjusted_loss`) when that is on."""
+        tau = self.config.logit_adjusted_loss
+        if tau:
+            logits = logits.float() + tau * self.labeled_class_frequencies().log().view(1, -1, 1, 1)
+        return pixel_cross_entropy(logits, target, self.config.ignore_index, weight)
+
     def pseudo_labels(
         self, pixel_values: torch.FloatTensor, real: torch.BoolTensor
     ) -> tuple[PseudoLabels, torch.Tensor]:
@@ -292,16 +302,15 @@ class MaskMatchObjective(nn.Module):
             (`config.unlabeled_rampup_steps`); None means full weight.
         """
         config = self.config
-        ignore_index = config.ignore_index
+        if config.uses_class_frequencies:
+            self.count_labeled_pixels(labels)
         if not config.components.unlabeled:
             logits = self.student(pixel_values=pixel_values).logits
-            return self._output({"loss_x": pixel_cross_entropy(logits, labels, ignore_index)}, {}, step)
+            return self._output({"loss_x": self.cross_entropy(logits, labels)}, {}, step)
         if unlabeled_pixel_values is None:
             raise ValueError(f"The `{config.preset}` preset needs `unlabeled_pixel_values`.")
 
         # Teacher: pseudo-labels of the complete weak views (and of the CutMix partners, when given).
-        if config.logit_adjustment or config.distribution_alignment:
-            self.count_labeled_pixels(labels)
         real = self._real_pixels(unlabeled_pixel_values, unlabeled_pixel_mask)
         if cutmix_pixel_values is None:
             pseudo, thresholds = self.pseudo_labels(unlabeled_pixel_values, real)
@@ -336,7 +345,6 @@ class MaskMatchObjective(nn.Module):
         """Student passes and their losses; each kind of view is its own BatchNorm batch."""
         config = self.config
         components = config.components
-        ignore_index = config.ignore_index
         batch_u, _, height, width = weak.shape
         augment = {
             "image_mean": config.image_mean,
@@ -362,12 +370,12 @@ class MaskMatchObjective(nn.Module):
             )
 
         # Labeled crops: the only pass that updates BatchNorm running statistics (the eval-mode teacher's).
-        terms = {"loss_x": pixel_cross_entropy(self.student(pixel_values=pixel_values).logits, labels, ignore_index)}
+        terms = {"loss_x": self.cross_entropy(self.student(pixel_values=pixel_values).logits, labels)}
         with frozen_batchnorm_statistics(self.student, enabled=not config.unlabeled_updates_bn_stats):
             strong_logits = self.student(pixel_values=torch.cat(strong_views)).logits.split(batch_u)
             terms["loss_s"] = torch.stack(
                 [
-                    pixel_cross_entropy(logits, target.labels, ignore_index, target.confident)
+                    self.cross_entropy(logits, target.labels, target.confident)
                     for logits, target in zip(strong_logits, strong_targets)
                 ]
             ).mean()
@@ -376,10 +384,10 @@ class MaskMatchObjective(nn.Module):
                     batch_u, height, width, config.mask_patch_size, config.mask_ratio, generator, weak.device
                 )
                 masked_logits = self.student(pixel_values=mask_images(first_strong, hidden)).logits
-                terms["loss_mask"] = pixel_cross_entropy(masked_logits, pseudo.labels, ignore_index, pseudo.confident)
+                terms["loss_mask"] = self.cross_entropy(masked_logits, pseudo.labels, pseudo.confident)
             if components.feature_perturbation:
                 perturbed_logits = self.student(pixel_values=weak, feature_perturbation=True).logits
-                terms["loss_fp"] = pixel_cross_entropy(perturbed_logits, pseudo.labels, ignore_index, pseudo.confident)
+                terms["loss_fp"] = self.cross_entropy(perturbed_logits, pseudo.labels, pseudo.confident)
         return terms
 
     @torch.no_grad()

@@ -62,6 +62,7 @@ def test_labels_are_shared_with_the_segmenter():
         ("logit_adjustment", -0.5),
         ("logit_adjustment", float("nan")),
         ("distribution_alignment", -1.0),
+        ("logit_adjusted_loss", -0.1),
         ("distribution_alignment_momentum", 1.0),
     ],
 )

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from maskmatch_hf import PRESETS, MaskMatchForSemanticSegmentation, MaskMatchObjective
@@ -341,6 +342,23 @@ def test_distribution_alignment_maps_the_teacher_marginal_onto_the_labeled_one(m
     run(objective, labels=labels, unlabeled_pixel_mask=real)
     # Bias-corrected running mean with momentum 0.5: (0.5 * 0.5 * first + 0.5 * second) / (1 - 0.5 ** 2).
     torch.testing.assert_close(objective.teacher_marginal(), torch.tensor([1.7 / 3, 1.3 / 3, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("preset", ["supervised", "maskmatch"])
+def test_logit_adjusted_loss_adds_tau_log_prior_to_every_term(preset):
+    objective = MaskMatchObjective(tiny_model(preset=preset, logit_adjusted_loss=0.5))
+    inputs = batch()
+    logs = run(objective).logs
+    counts = torch.bincount(inputs["labels"].flatten(), minlength=NUM_LABELS).float()
+    torch.testing.assert_close(objective.labeled_class_pixels, counts)  # counted in every preset
+    pi = (counts + 1) / (counts.sum() + NUM_LABELS)
+    logits = torch.randn(B, NUM_LABELS, H, W)
+    target = inputs["labels"].clone()
+    target[:, :3] = 255
+    expected = nn.functional.cross_entropy(logits + 0.5 * pi.log().view(1, -1, 1, 1), target, ignore_index=255)
+    torch.testing.assert_close(objective.cross_entropy(logits, target), expected)
+    plain = run(MaskMatchObjective(tiny_model(preset=preset))).logs
+    assert logs["loss_x"] != plain["loss_x"] and set(logs) == set(plain)
 
 
 def test_default_teacher_is_one_pass_over_the_weak_views():

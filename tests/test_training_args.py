@@ -74,6 +74,7 @@ FLAG_DEFAULTS = {
     "class_thresholds": None,
     "class_threshold_momentum": None,
     "logit_adjustment": None,
+    "logit_adjusted_loss": None,
     "distribution_alignment": None,
     "distribution_alignment_momentum": None,
     "unlabeled_rampup_steps": None,
