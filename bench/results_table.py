@@ -30,7 +30,11 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 LOADER_FLAGS = ("--dataloader_num_workers", "--decoded_image_cache_mb")
 RARE = ("pole", "sign_symbol", "fence", "pedestrian", "bicyclist")
 RECIPE_FIELDS = ("class_thresholds", "teacher", "mask_patch_size", "mask_ratio", "ensemble_scales",
-                 "unlabeled_rampup_steps", "lambda_mask")  # fmt: skip
+                 "unlabeled_rampup_steps", "lambda_mask", "logit_adjustment", "distribution_alignment",
+                 "logit_adjusted_loss")  # fmt: skip
+SUPERVISED_FIELDS = ("logit_adjusted_loss",)  # the recipe settings that also shape the labeled loss
+# Settings added after the first runs: a record without one trained with it off.
+ADDED_LATER = {"logit_adjustment": 0.0, "distribution_alignment": 0.0, "logit_adjusted_loss": 0.0}
 BN_FLAG = "--segmenter_config"
 SCHEDULE_FLAGS = ("--checkpointing_steps", "--eval_steps")
 
@@ -61,11 +65,11 @@ def extra_flags(record: dict) -> list[str]:
 
 
 def recipe_fields(preset: str) -> tuple[str, ...]:
-    """The recipe settings `preset` actually uses: none for supervised, the ensemble only with a multi-scale
-    teacher, the masking settings only with masked modeling."""
+    """The recipe settings `preset` actually uses: for supervised only those of the labeled loss, the ensemble only
+    with a multi-scale teacher, the masking settings only with masked modeling."""
     components = MaskMatchConfig(preset=preset).components
     if not components.unlabeled:
-        return ()
+        return SUPERVISED_FIELDS
     unused = set()
     if not components.multiscale_teacher:
         unused.add("ensemble_scales")
@@ -79,7 +83,7 @@ def recipe(record: dict) -> list[str]:
     config, defaults = record["maskmatch_config"], MaskMatchConfig()
     flags = []
     for name in recipe_fields(record["preset"]):
-        value, default = config.get(name), getattr(defaults, name)
+        value, default = config.get(name, ADDED_LATER.get(name)), getattr(defaults, name)
         default = list(default) if isinstance(default, tuple) else default
         if value is not None and value != default:
             flags += [f"--{name}", *map(str, value)] if isinstance(value, list) else [f"--{name}", str(value)]
