@@ -83,10 +83,11 @@ class MaskMatchConfig(PreTrainedConfig):
             ones (on CamVid 1/8 it recalls a quarter of the fence pixels of unlabeled frames); `tau = 1` is the
             balanced classifier of post-hoc logit adjustment (Menon et al., 2021). 0 turns it off.
         logit_adjusted_loss (`float`, defaults to 0.0):
-            `tau` of the logit-adjusted cross-entropy (Menon et al., 2021) in every loss term, labeled and unlabeled
-            and in every preset: the loss sees `logits + tau * log(pi)`, `pi` the labeled pixels' class
-            frequencies, so the model's own logits learn the class-balanced posterior; the teacher's pseudo-labels,
-            its argmax, are balanced without being shifted again at every step. 0 turns it off.
+            `tau` of the logit-adjusted labeled loss (Menon et al., 2021), in every preset: `L_x` sees
+            `logits + tau * log(pi)`, `pi` the labeled pixels' class frequencies, so the model's own logits learn
+            the class-balanced posterior. The teacher's pseudo-labels, its argmax, are then balanced, and the
+            unlabeled terms train on them with the plain cross-entropy, which favours no class: nothing is shifted
+            again at every step, unlike `logit_adjustment`. 0 turns it off.
         distribution_alignment (`float`, defaults to 0.0):
             `tau` of distribution alignment (ReMixMatch, Berthelot et al., 2020): the teacher's probabilities are
             multiplied by `(pi / p_bar) ** tau` and renormalized before the argmax and the confidence, `pi` the

@@ -248,15 +248,13 @@ class MaskMatchObjective(nn.Module):
         shift = shift.view(1, -1, *([1] * (probabilities.dim() - 2)))
         return (probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log() + shift).softmax(dim=1)
 
-    def cross_entropy(
-        self, logits: torch.Tensor, target: torch.LongTensor, weight: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """[`pixel_cross_entropy`] of the student's `logits`, logit-adjusted by `tau * log(pi)` (`tau` =
+    def labeled_cross_entropy(self, logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+        """`L_x`: [`pixel_cross_entropy`] of the student's `logits`, logit-adjusted by `tau * log(pi)` (`tau` =
         `config.logit_adjusted_loss`) when that is on."""
         tau = self.config.logit_adjusted_loss
         if tau:
             logits = logits.float() + tau * self.labeled_class_frequencies().log().view(1, -1, 1, 1)
-        return pixel_cross_entropy(logits, target, self.config.ignore_index, weight)
+        return pixel_cross_entropy(logits, labels, self.config.ignore_index)
 
     def pseudo_labels(
         self, pixel_values: torch.FloatTensor, real: torch.BoolTensor
@@ -306,7 +304,7 @@ class MaskMatchObjective(nn.Module):
             self.count_labeled_pixels(labels)
         if not config.components.unlabeled:
             logits = self.student(pixel_values=pixel_values).logits
-            return self._output({"loss_x": self.cross_entropy(logits, labels)}, {}, step)
+            return self._output({"loss_x": self.labeled_cross_entropy(logits, labels)}, {}, step)
         if unlabeled_pixel_values is None:
             raise ValueError(f"The `{config.preset}` preset needs `unlabeled_pixel_values`.")
 
@@ -345,6 +343,7 @@ class MaskMatchObjective(nn.Module):
         """Student passes and their losses; each kind of view is its own BatchNorm batch."""
         config = self.config
         components = config.components
+        ignore_index = config.ignore_index
         batch_u, _, height, width = weak.shape
         augment = {
             "image_mean": config.image_mean,
@@ -370,12 +369,12 @@ class MaskMatchObjective(nn.Module):
             )
 
         # Labeled crops: the only pass that updates BatchNorm running statistics (the eval-mode teacher's).
-        terms = {"loss_x": self.cross_entropy(self.student(pixel_values=pixel_values).logits, labels)}
+        terms = {"loss_x": self.labeled_cross_entropy(self.student(pixel_values=pixel_values).logits, labels)}
         with frozen_batchnorm_statistics(self.student, enabled=not config.unlabeled_updates_bn_stats):
             strong_logits = self.student(pixel_values=torch.cat(strong_views)).logits.split(batch_u)
             terms["loss_s"] = torch.stack(
                 [
-                    self.cross_entropy(logits, target.labels, target.confident)
+                    pixel_cross_entropy(logits, target.labels, ignore_index, target.confident)
                     for logits, target in zip(strong_logits, strong_targets)
                 ]
             ).mean()
@@ -384,10 +383,10 @@ class MaskMatchObjective(nn.Module):
                     batch_u, height, width, config.mask_patch_size, config.mask_ratio, generator, weak.device
                 )
                 masked_logits = self.student(pixel_values=mask_images(first_strong, hidden)).logits
-                terms["loss_mask"] = self.cross_entropy(masked_logits, pseudo.labels, pseudo.confident)
+                terms["loss_mask"] = pixel_cross_entropy(masked_logits, pseudo.labels, ignore_index, pseudo.confident)
             if components.feature_perturbation:
                 perturbed_logits = self.student(pixel_values=weak, feature_perturbation=True).logits
-                terms["loss_fp"] = self.cross_entropy(perturbed_logits, pseudo.labels, pseudo.confident)
+                terms["loss_fp"] = pixel_cross_entropy(perturbed_logits, pseudo.labels, ignore_index, pseudo.confident)
         return terms
 
     @torch.no_grad()
