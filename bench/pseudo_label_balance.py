@@ -27,41 +27,42 @@ from maskmatch_hf.modeling_maskmatch import MaskMatchForSemanticSegmentation
 from maskmatch_hf.objective import MaskMatchObjective
 
 
-def labeled_class_pixels(dataset, mapping, num_labels: int) -> torch.Tensor:
-    """Pixels per class over the labeled masks (void left out): what training's running count converges to."""
-    counts = torch.zeros(num_labels)
+def count_labeled_pixels(objective: MaskMatchObjective, dataset, mapping) -> None:
+    """Feeds every labeled mask to the objective's running count, which then holds what training's converges to."""
     for index in range(len(dataset)):
-        labels = torch.from_numpy(mapping(np.asarray(decode_label(dataset[index]["label"]))))
-        counts += torch.bincount(labels[labels != mapping.ignore_index].flatten(), minlength=num_labels)[:num_labels]
-    return counts
+        objective.count_labeled_pixels(torch.from_numpy(mapping(np.asarray(decode_label(dataset[index]["label"])))))
 
 
 @torch.no_grad()
-def teacher_marginal(model: MaskMatchForSemanticSegmentation, batches) -> torch.Tensor:
+def teacher_marginal(objective: MaskMatchObjective, batches) -> torch.Tensor:
     """The teacher's mean class probabilities over the real pixels of all the views."""
-    mass = torch.zeros(model.config.num_labels)
+    mass = torch.zeros(objective.config.num_labels)
     for batch in batches:
-        probabilities = model.ensemble_probabilities(batch["pixel_values"], scales=[1.0])
+        probabilities = objective.teacher_probabilities(batch["pixel_values"])
         mass += (probabilities * batch["pixel_mask"].unsqueeze(1)).sum(dim=(0, 2, 3))
     return mass / sum(int(batch["pixel_mask"].sum()) for batch in batches)
 
 
 @torch.no_grad()
-def confusions(objective: MaskMatchObjective, batches, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Confusion matrices (true x pseudo-label) over all real, non-void pixels and over the confident ones."""
+def confusions(
+    objective: MaskMatchObjective, batches, method: str, taus: list[float], threshold: float
+) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+    """Per tau of `method`, confusion matrices (true x pseudo-label) over all real, non-void pixels and over the
+    confident ones. The teacher runs once per batch; only the adjustment changes with tau."""
     num_labels = objective.config.num_labels
-    every = torch.zeros(num_labels, num_labels, dtype=torch.long)
-    sure = torch.zeros_like(every)
+    results = {tau: tuple(torch.zeros(num_labels, num_labels, dtype=torch.long) for _ in range(2)) for tau in taus}
     for batch in batches:
-        probabilities = objective.adjusted_probabilities(objective.teacher_probabilities(batch["pixel_values"]))
-        confidence, prediction = probabilities.max(dim=1)
+        teacher = objective.teacher_probabilities(batch["pixel_values"])
         labels = batch["labels"].masked_fill(~batch["pixel_mask"], 255)
         valid = labels != 255
-        pairs = labels[valid] * num_labels + prediction[valid]
-        every += torch.bincount(pairs, minlength=num_labels**2).view(num_labels, num_labels)
-        confident = (confidence >= threshold)[valid]
-        sure += torch.bincount(pairs[confident], minlength=num_labels**2).view(num_labels, num_labels)
-    return every, sure
+        for tau, (every, sure) in results.items():
+            setattr(objective.config, method, tau)
+            confidence, prediction = objective.adjusted_probabilities(teacher).max(dim=1)
+            pairs = labels[valid] * num_labels + prediction[valid]
+            every += torch.bincount(pairs, minlength=num_labels**2).view(num_labels, num_labels)
+            confident = (confidence >= threshold)[valid]
+            sure += torch.bincount(pairs[confident], minlength=num_labels**2).view(num_labels, num_labels)
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,16 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     for checkpoint in args.checkpoints:
         model = MaskMatchForSemanticSegmentation.from_pretrained(checkpoint).eval()
         names = [model.config.id2label[index] for index in range(model.config.num_labels)]
-        counts = labeled_class_pixels(data.labeled, data.label_mapping, len(names))
-        marginal = teacher_marginal(model, batches) if args.method == "distribution_alignment" else None
-        results = {}
-        for tau in args.taus:
-            setattr(model.config, args.method, tau)
-            objective = MaskMatchObjective(model, channels_last=False)
-            objective.labeled_class_pixels.copy_(counts)
-            if marginal is not None:
-                objective.teacher_class_mass.copy_(torch.cat([marginal, marginal.new_ones(1)]))
-            results[tau] = confusions(objective, batches, args.threshold)
+        objective = MaskMatchObjective(model, channels_last=False)
+        count_labeled_pixels(objective, data.labeled, data.label_mapping)
+        counts = objective.labeled_class_pixels
+        if args.method == "distribution_alignment":
+            marginal = teacher_marginal(objective, batches)
+            objective.teacher_class_mass.copy_(torch.cat([marginal, marginal.new_ones(1)]))
+        results = confusions(objective, batches, args.method, args.taus, args.threshold)
         print(f"{checkpoint} ({args.method})\n")
         print("| tau | PL mIoU | confident | confident accuracy |")
         print("|---|---|---|---|")
