@@ -326,6 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.output_file).write_text(json.dumps({**output, **settings}, indent=2) + "\n")
         print(format_scores(results))
         print(f"\nScores written to {args.output_file}")
+    # Every rank leaves together and the process group is torn down before the interpreter exits: a rank that
+    # exits while gloo still holds its peer's connection can abort the other one ("terminate called ...").
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return 0
 
 

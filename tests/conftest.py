@@ -105,6 +105,22 @@ def run_without_maskmatch(script: str, *args: str, cwd: Path) -> subprocess.Comp
     return result
 
 
+def run_on_two_processes(program: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run `program` (a script or `-m module`, then its arguments) as 2 CPU processes under torchrun.
+
+    Fails the test when torchrun does not exit with 0, with the processes' stderr minus progress bars and
+    warnings. `PYTHONFAULTHANDLER` makes a rank that dies on a signal (an abort in C++) print where it was.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *program]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        noise = ("it/s]", "%|", "Warning", "warnings.warn")
+        lines = [line for line in result.stderr.splitlines() if line.strip() and not any(n in line for n in noise)]
+        pytest.fail(f"torchrun exited with {result.returncode}:\n" + "\n".join(lines)[-8000:])
+    return result
+
+
 def documented_commands(program: str, *modules: object) -> list[list[str]]:
     """The arguments of every `program` command in the README's bash blocks and in the modules' docstrings."""
     texts = [(Path(__file__).resolve().parents[1] / "README.md").read_text(), *(m.__doc__ or "" for m in modules)]

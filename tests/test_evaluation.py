@@ -2,11 +2,8 @@
 
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from maskmatch_hf.evaluation import evaluate_checkpoint, main, parse_args
 from maskmatch_hf.metrics import SegmentationMetric
 from maskmatch_hf.modeling_maskmatch import multiscale_probabilities
 
-from .conftest import PALETTE, assert_inference_flags_renamed, documented_commands
+from .conftest import PALETTE, assert_inference_flags_renamed, documented_commands, run_on_two_processes
 
 SCORES = ("mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou", "per_category_accuracy")
 
@@ -166,11 +163,9 @@ def test_two_processes_score_like_one(trained_checkpoint, camvid_val, tmp_path, 
     argv += ["--ensemble_scales", "0.75", "1"]
     argv += ["--streaming"] if streaming else []
     assert main([*argv, "--output_file", str(tmp_path / "one.json")]) == 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "maskmatch_hf.evaluation", *argv, "--output_file", str(tmp_path / "two.json")]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_on_two_processes(
+        ["-m", "maskmatch_hf.evaluation", *argv, "--output_file", str(tmp_path / "two.json")], timeout=300
+    )
     assert result.stdout.count("mIoU") == 1  # printed once, by the main process
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
     assert one == two and two["num_images"] == 3

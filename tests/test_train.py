@@ -1,10 +1,7 @@
 """End-to-end training: outputs, resume after a crash, config files, two processes (bad input: test_errors.py)."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -17,7 +14,7 @@ from maskmatch_hf import MaskMatchForSemanticSegmentation, MaskMatchObjective
 from maskmatch_hf.errors import MaskMatchUsageError
 from maskmatch_hf.train import build_scheduler, main, parameter_groups, parse_args, validate_arguments, warmup_steps
 
-from .conftest import make_camvid_like, tiny_model, train_argv
+from .conftest import make_camvid_like, run_on_two_processes, tiny_model, train_argv
 
 
 def test_training_writes_model_card_plot_and_results(camvid_like, tmp_path, capsys):
@@ -194,13 +191,7 @@ def test_two_processes_train_on_disjoint_data(tmp_path, streaming):
     # (adaptive class thresholds: the class confidences are summed over the processes)
     if streaming:
         extra += ["--streaming", "--unlabeled_split", "train"]
-    # --standalone: torchrun binds a free port itself (no race between picking a port and binding it).
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-               *train_argv(camvid_like, output_dir), *extra]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=500)
-    errors = [line for line in result.stderr.splitlines() if "Error" in line or "error" in line]
-    assert result.returncode == 0, "\n".join(errors[:30]) + result.stderr[-3000:]
+    result = run_on_two_processes([str(script), *train_argv(camvid_like, output_dir), *extra], timeout=500)
     assert "DISTRIBUTED OK" in result.stdout
     state = load_file(output_dir / "step_3" / "model.safetensors")
     model = MaskMatchForSemanticSegmentation.from_pretrained(output_dir)
