@@ -82,12 +82,13 @@ class MaskMatchConfig(PreTrainedConfig):
             confidence. A teacher trained on imbalanced labels absorbs the pixels of rare classes into frequent
             ones (on CamVid 1/8 it recalls a quarter of the fence pixels of unlabeled frames); `tau = 1` is the
             balanced classifier of post-hoc logit adjustment (Menon et al., 2021). 0 turns it off.
-        logit_adjusted_loss (`float`, defaults to 0.0):
+        logit_adjusted_loss (`float`, defaults to 0.5):
             `tau` of the logit-adjusted labeled loss (Menon et al., 2021), in every preset: `L_x` sees
             `logits + tau * log(pi)`, `pi` the labeled pixels' class frequencies, so the model's own logits learn
             the class-balanced posterior. The teacher's pseudo-labels, its argmax, are then balanced, and the
             unlabeled terms train on them with the plain cross-entropy, which favours no class: nothing is shifted
-            again at every step, unlike `logit_adjustment`. 0 turns it off.
+            again at every step, unlike `logit_adjustment`. 0.5 measured on CamVid 1/8 (the README's Results); 0
+            turns it off.
         distribution_alignment (`float`, defaults to 0.0):
             `tau` of distribution alignment (ReMixMatch, Berthelot et al., 2020): the teacher's probabilities are
             multiplied by `(pi / p_bar) ** tau` and renormalized before the argmax and the confidence, `pi` the
@@ -137,7 +138,7 @@ class MaskMatchConfig(PreTrainedConfig):
     class_thresholds: str = "fixed"
     class_threshold_momentum: float | int = 0.99
     logit_adjustment: float | int = 0.0
-    logit_adjusted_loss: float | int = 0.0
+    logit_adjusted_loss: float | int = 0.5
     distribution_alignment: float | int = 0.0
     distribution_alignment_momentum: float | int = 0.99
     unlabeled_rampup_steps: int = 0
