@@ -149,6 +149,16 @@ def _describe_resize(resize: Any) -> str:
     return f"shorter side {resize.shorter_side} px" if resize.shorter_side else f"x{resize.scale}"
 
 
+def _describe_class_balance(config: MaskMatchConfig) -> str:
+    """The class-balance corrections the run trained with (each is a `tau`; 0 is off)."""
+    corrections = {
+        "logit-adjusted labeled loss": config.logit_adjusted_loss,
+        "teacher logit adjustment": config.logit_adjustment,
+        "distribution alignment": config.distribution_alignment,
+    }
+    return ", ".join(f"{name} (tau {tau:g})" for name, tau in corrections.items() if tau) or "none"
+
+
 def _dataset_id(dataset_name: str | None) -> str | None:
     """The dataset's Hub id, or the folder name of a local dataset."""
     if not dataset_name:
@@ -219,6 +229,7 @@ def _recipe(config: MaskMatchConfig, results: dict[str, Any], args: TrainArgumen
         "lambda_s": config.lambda_s,
         "lambda_mask": config.lambda_mask,
         "lambda_fp": config.lambda_fp,
+        "class_balance": _describe_class_balance(config),
         "num_labels": config.num_labels,
     }
 
