@@ -111,6 +111,7 @@ def run_on_two_processes(program: list[str], timeout: float) -> subprocess.Compl
     Fails the test when torchrun does not exit with 0, with the processes' stderr minus progress bars and
     warnings. `PYTHONFAULTHANDLER` makes a rank that dies on a signal (an abort in C++) print where it was.
     """
+    # --standalone: torchrun binds a free port itself (no race between picking a port and binding it).
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *program]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
