@@ -58,8 +58,9 @@ class MaskMatchConfig(PreTrainedConfig):
             One of `supervised`, `fixmatch`, `unimatch`, `maskmatch`, `unimatch+maskmatch` (see `PRESETS`).
         mask_ratio (`float`, defaults to 0.7):
             Fraction of `mask_patch_size` patches hidden in the masked view, in `[0, 1)`.
-        mask_patch_size (`int`, defaults to 32):
-            Side in pixels of a masking patch.
+        mask_patch_size (`int`, defaults to 16):
+            Side in pixels of a masking patch. 16 measured +1.2 and +1.4 val mIoU over 32 on CamVid 1/8 at a 160 px
+            crop (2500 and 6400 steps, the README's Results); scale it with the crop.
         ensemble_scales (`list[float]`, defaults to `[1.0]`):
             Input scales whose softmaxes the teacher averages (multi-scale presets only), e.g. `[0.75, 1.0, 1.25]`.
             The default is the single-scale teacher: on CamVid the 3-scale ensemble costs 3.3-3.5x its passes for no
@@ -131,7 +132,7 @@ class MaskMatchConfig(PreTrainedConfig):
     image_std: list[float] | tuple[float, ...] = IMAGENET_STD
     preset: str = "maskmatch"
     mask_ratio: float | int = 0.7
-    mask_patch_size: int = 32
+    mask_patch_size: int = 16
     ensemble_scales: list[float | int] | tuple[float | int, ...] = (1.0,)
     ensemble_flip: bool = False
     confidence_threshold: float | int = 0.95

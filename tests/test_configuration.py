@@ -11,7 +11,7 @@ from .conftest import tiny_upernet_config
 def test_defaults_follow_the_design():
     config = MaskMatchConfig()
     assert config.preset == "maskmatch"
-    assert config.mask_ratio == 0.7 and config.mask_patch_size == 32
+    assert config.mask_ratio == 0.7 and config.mask_patch_size == 16
     # Single-scale teacher by default: the 3-scale ensemble costs 3.3x for no better pseudo-labels (issue 10).
     assert config.ensemble_scales == [1.0] and config.ensemble_flip is False
     assert config.confidence_threshold == 0.95 and config.ignore_index == 255
