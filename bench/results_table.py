@@ -31,10 +31,15 @@ LOADER_FLAGS = ("--dataloader_num_workers", "--decoded_image_cache_mb")
 RARE = ("pole", "sign_symbol", "fence", "pedestrian", "bicyclist")
 RECIPE_FIELDS = ("class_thresholds", "teacher", "mask_patch_size", "mask_ratio", "ensemble_scales",
                  "unlabeled_rampup_steps", "lambda_mask", "logit_adjustment", "distribution_alignment",
-                 "logit_adjusted_loss")  # fmt: skip
+                 "logit_adjusted_loss", "confident_share_cap")  # fmt: skip
 SUPERVISED_FIELDS = ("logit_adjusted_loss",)  # the recipe settings that also shape the labeled loss
 # Settings added after the first runs: a record without one trained with it off.
-ADDED_LATER = {"logit_adjustment": 0.0, "distribution_alignment": 0.0, "logit_adjusted_loss": 0.0}
+ADDED_LATER = {
+    "logit_adjustment": 0.0,
+    "distribution_alignment": 0.0,
+    "logit_adjusted_loss": 0.0,
+    "confident_share_cap": 0.0,
+}
 BN_FLAG = "--segmenter_config"
 SCHEDULE_FLAGS = ("--checkpointing_steps", "--eval_steps")
 

@@ -99,6 +99,12 @@ class MaskMatchConfig(PreTrainedConfig):
             rare classes. 0 turns it off; 1 is ReMixMatch's.
         distribution_alignment_momentum (`float`, defaults to 0.99):
             Momentum of `p_bar` (one update per step, bias-corrected as Adam's moments).
+        confident_share_cap (`float`, defaults to 0.0):
+            A guard against one class's pseudo-labels drifting (confirmation bias): in each teacher batch, the
+            confident pixels pseudo-labeled as class `c` are at most `confident_share_cap * pi_c` of its real pixels,
+            `pi` the labeled pixels' class frequencies; past that, only the most confident ones count. On CamVid the
+            confident `fence` pseudo-labels drifted well past fence's labeled share, at falling precision (README
+            Results). 0 turns it off; not yet measured in training.
         unlabeled_rampup_steps (`int`, defaults to 0):
             The unlabeled loss weights (`lambda_s`, `lambda_mask`, `lambda_fp`) ramp linearly from 0 at step 0 to
             their full value at this step, while the teacher is still poor. 0 means full weight from the start.
@@ -142,6 +148,7 @@ class MaskMatchConfig(PreTrainedConfig):
     logit_adjusted_loss: float | int = 0.5
     distribution_alignment: float | int = 0.0
     distribution_alignment_momentum: float | int = 0.99
+    confident_share_cap: float | int = 0.0
     unlabeled_rampup_steps: int = 0
     lambda_s: float | int = 1.0
     lambda_mask: float | int = 0.5
@@ -187,7 +194,7 @@ class MaskMatchConfig(PreTrainedConfig):
             )
         if not 0.0 <= self.class_threshold_momentum < 1.0:
             raise ValueError(f"`class_threshold_momentum` must be in [0, 1), got {self.class_threshold_momentum}.")
-        for name in ("logit_adjustment", "logit_adjusted_loss", "distribution_alignment"):
+        for name in ("logit_adjustment", "logit_adjusted_loss", "distribution_alignment", "confident_share_cap"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"`{name}` must be non-negative, got {getattr(self, name)}.")
         if not 0.0 <= self.distribution_alignment_momentum < 1.0:
@@ -222,7 +229,12 @@ class MaskMatchConfig(PreTrainedConfig):
     @property
     def uses_class_frequencies(self) -> bool:
         """Whether the objective needs the labeled pixels' class frequencies (a prior-based correction is on)."""
-        return bool(self.logit_adjustment or self.logit_adjusted_loss or self.distribution_alignment)
+        return bool(
+            self.logit_adjustment
+            or self.logit_adjusted_loss
+            or self.distribution_alignment
+            or self.confident_share_cap
+        )
 
     @property
     def components(self) -> PresetComponents:

@@ -256,6 +256,27 @@ class MaskMatchObjective(nn.Module):
             logits = logits.float() + tau * self.labeled_class_frequencies().log().view(1, -1, 1, 1)
         return pixel_cross_entropy(logits, labels, self.config.ignore_index)
 
+    @torch.no_grad()
+    def cap_confident_share(
+        self,
+        confidence: torch.Tensor,
+        prediction: torch.LongTensor,
+        confident: torch.BoolTensor,
+        real: torch.BoolTensor,
+    ) -> torch.BoolTensor:
+        """Keeps, per class `c`, at most `confident_share_cap * pi_c * n` of the `confident` pixels (the most
+        confident ones), `n` the batch's `real` pixels. Waits for an accelerator (the sizes are data-dependent)."""
+        num_real = real.sum().item()
+        limits = (self.config.confident_share_cap * self.labeled_class_frequencies() * num_real).floor()
+        kept = confident.clone()
+        flat_confidence, flat_prediction, flat_kept = confidence.flatten(), prediction.flatten(), kept.view(-1)
+        for index, limit in enumerate(limits.tolist()):
+            members = (flat_kept & (flat_prediction == index)).nonzero().squeeze(1)
+            if members.numel() > limit:
+                order = flat_confidence[members].argsort(descending=True)
+                flat_kept[members[order[int(limit) :]]] = False
+        return kept
+
     def pseudo_labels(
         self, pixel_values: torch.FloatTensor, real: torch.BoolTensor
     ) -> tuple[PseudoLabels, torch.Tensor]:
@@ -268,7 +289,9 @@ class MaskMatchObjective(nn.Module):
             self.update_teacher_marginal(probabilities, real)
         confidence, prediction = self.adjusted_probabilities(probabilities).max(dim=1)
         thresholds = self.class_thresholds(confidence, prediction, real)
-        confident = confidence >= thresholds[prediction]
+        confident = (confidence >= thresholds[prediction]) & real
+        if self.config.confident_share_cap:
+            confident = self.cap_confident_share(confidence, prediction, confident, real)
         labels = prediction.masked_fill(~real, self.config.ignore_index)
         return PseudoLabels(labels, confident), thresholds
 

@@ -150,13 +150,14 @@ def _describe_resize(resize: Any) -> str:
 
 
 def _describe_class_balance(config: MaskMatchConfig) -> str:
-    """The class-balance corrections the run trained with (each is a `tau`; 0 is off)."""
+    """The class-balance corrections the run trained with (0 is off)."""
     corrections = {
-        "logit-adjusted labeled loss": config.logit_adjusted_loss,
-        "teacher logit adjustment": config.logit_adjustment,
-        "distribution alignment": config.distribution_alignment,
+        "logit-adjusted labeled loss (tau {:g})": config.logit_adjusted_loss,
+        "teacher logit adjustment (tau {:g})": config.logit_adjustment,
+        "distribution alignment (tau {:g})": config.distribution_alignment,
+        "confident share capped at {:g}x the labeled share": config.confident_share_cap,
     }
-    return ", ".join(f"{name} (tau {tau:g})" for name, tau in corrections.items() if tau) or "none"
+    return ", ".join(name.format(value) for name, value in corrections.items() if value) or "none"
 
 
 def _dataset_id(dataset_name: str | None) -> str | None:

@@ -464,3 +464,32 @@ def test_a_step_waits_for_the_device_only_for_its_logs(thresholds):
         objective.update_teacher(3)
     assert recorder.found == []
     assert {"pseudo_label_accuracy", "unlabeled_weight", "confident_ratio"} <= set(output.logs)
+
+
+@pytest.mark.parametrize("cap", [0.0, 2.0])
+def test_confident_share_cap_keeps_the_most_confident_pixels_of_a_drifting_class(monkeypatch, cap):
+    objective = MaskMatchObjective(
+        tiny_model(preset="fixmatch", confidence_threshold=0.9, confident_share_cap=cap, logit_adjusted_loss=0.0)
+    )
+    probs = torch.zeros(B, NUM_LABELS, H, W)
+    probs[:, 0] = 1.0  # class 0 everywhere, fully confident ...
+    rows = torch.linspace(0.91, 0.99, H // 2).view(-1, 1)
+    probs[:, 0, : H // 2], probs[:, 1, : H // 2] = 1 - rows, rows  # ... but class 1, confident, in the top half
+    monkeypatch.setattr(objective, "teacher_probabilities", lambda pixel_values: probs)
+    labels = torch.zeros(B, H, W, dtype=torch.long)
+    labels[:, :2] = 1  # class 1 is 1/16 of the labeled pixels
+    logs = run(objective, labels=labels).logs
+    names = objective.config.id2label
+    if cap == 0:  # off: every confident pixel counts, and no class frequencies are kept
+        assert logs[f"confident_ratio/{names[1]}"] == 0.5 and not objective.labeled_class_pixels.any()
+        return
+    pi = objective.labeled_class_frequencies()
+    assert pi[1] == pytest.approx((2 * B * W + 1) / (B * H * W + NUM_LABELS))
+    # Class 1 keeps floor(2 * pi_1 * n) pixels, its most confident ones (the bottom rows of the top half) ...
+    limit = int(2 * pi[1] * B * H * W)
+    assert logs[f"confident_ratio/{names[1]}"] == pytest.approx(limit / (B * H * W))
+    pseudo, _ = objective.pseudo_labels(batch()["unlabeled_pixel_values"], torch.ones(B, H, W, dtype=torch.bool))
+    kept = pseudo.confident & (pseudo.labels == 1)
+    assert kept[:, H // 2 - 1].all() and not kept[:, 0].any()
+    # ... while class 0, at 1/2 of the pixels and 15/16 of the labels, is under its cap: all of it counts.
+    assert logs[f"confident_ratio/{names[0]}"] == 0.5

@@ -59,3 +59,6 @@ def test_model_card_from_typed_arguments(tmp_path):
     card = write_model_card(tmp_path, config, {"train_steps": 2}, supervised).read_text()
     assert "ids in `labeled.txt`" in card and "model-index:" not in card
     assert "| class balance | distribution alignment (tau 1) |" in card
+    config.confident_share_cap = 2.0
+    card = write_model_card(tmp_path, config, {"train_steps": 2}, supervised).read_text()
+    assert "| class balance | distribution alignment (tau 1), confident share capped at 2x the labeled share |" in card

@@ -77,6 +77,7 @@ FLAG_DEFAULTS = {
     "logit_adjusted_loss": None,
     "distribution_alignment": None,
     "distribution_alignment_momentum": None,
+    "confident_share_cap": None,
     "unlabeled_rampup_steps": None,
     "lambda_s": None,
     "lambda_mask": None,
