@@ -493,3 +493,9 @@ def test_confident_share_cap_keeps_the_most_confident_pixels_of_a_drifting_class
     assert kept[:, H // 2 - 1].all() and not kept[:, 0].any()
     # ... while class 0, at 1/2 of the pixels and 15/16 of the labels, is under its cap: all of it counts.
     assert logs[f"confident_ratio/{names[0]}"] == 0.5
+    # The cap counts real pixels only: with the second image all padding, class 1 keeps half as many.
+    real = torch.ones(B, H, W, dtype=torch.bool)
+    real[1:] = False
+    pseudo, _ = objective.pseudo_labels(batch()["unlabeled_pixel_values"], real)
+    kept = pseudo.confident & (pseudo.labels == 1)
+    assert kept.sum() == int(2 * pi[1] * H * W) and not pseudo.confident[1:].any()
