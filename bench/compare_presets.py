@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from results_table import LOADER_FLAGS
 
+from maskmatch_hf.objective import resolve_mixed_precision
 from maskmatch_hf.train import main as train_main
+from maskmatch_hf.train import process_device
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -153,9 +155,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--mixed_precision",
-        choices=["no", "fp16", "bf16"],
-        default="bf16",
-        help="Autocast dtype (default bf16: 1.7x faster CPU steps, val mIoU held on a pair of runs; `no` for fp32).",
+        choices=["no", "fp16", "bf16", "auto"],
+        default="auto",
+        help="Autocast dtype. Default auto: bf16 where the device has native bfloat16 (1.7x faster CPU steps there, "
+        "val mIoU held on a pair of runs), else no (fp32). Result files record the resolved value.",
     )
     parser.add_argument("--tag", help="Name for a run with extra training flags (ablations).")
     parser.add_argument("--results_dir", type=Path, default=RESULTS)
@@ -164,6 +167,7 @@ def main() -> None:
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then extra maskmatch-train flags.")
     args = parser.parse_args()
     args.train_args = [a for a in args.train_args if a != "--"]
+    args.mixed_precision = resolve_mixed_precision(args.mixed_precision, process_device())
     # Flags that change the recipe need a tag; how the data is loaded does not.
     recipe_flags = [a for a in args.train_args if a.startswith("--") and a not in LOADER_FLAGS]
     if recipe_flags and not args.tag:

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import parse_flag_from_env, set_seed
 from accelerate.utils.constants import OPTIMIZER_NAME, RNG_STATE_NAME, SAFE_WEIGHTS_NAME, SCHEDULER_NAME, WEIGHTS_NAME
 from datasets import IterableDataset
 from tqdm.auto import tqdm
@@ -42,7 +42,7 @@ from .data_validation import check_example, validate_segmentation_data
 from .errors import MaskMatchUsageError, report_usage_errors
 from .evaluation import evaluate_segmenter
 from .modeling_maskmatch import MaskMatchForSemanticSegmentation
-from .objective import MaskMatchObjective, fused_adamw_kwargs
+from .objective import MaskMatchObjective, fused_adamw_kwargs, native_bf16, resolve_mixed_precision
 from .pipeline_maskmatch import save_pipeline
 from .reporting import TrainingHistory, plot_training_curves, write_model_card
 from .segmenters import load_model_for_training, minimum_input_side, pretrained_id2label
@@ -253,15 +253,28 @@ def save_final_model(
     save_pipeline(model, image_processor, output_dir)
 
 
+def process_device() -> torch.device:
+    """The device accelerate gives this process, before any `Accelerator` exists (the process state it sets up,
+    with `accelerate launch --cpu` / `ACCELERATE_USE_CPU` honoured as `Accelerator` does, is the one it reuses)."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+
+
 def build_accelerator(training: LoopArguments) -> Accelerator:
+    """The Accelerator of a run; `--mixed_precision auto` is resolved for this process's device first."""
     accelerator = Accelerator(
         gradient_accumulation_steps=training.gradient_accumulation_steps,
-        mixed_precision=training.mixed_precision,
+        mixed_precision=resolve_mixed_precision(training.mixed_precision, process_device()),
         log_with=(training.report_to if training.with_tracking else None),
         project_dir=training.output_dir,
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    if accelerator.mixed_precision == "bf16" and not native_bf16(accelerator.device):
+        logger.warning(
+            "bf16 autocast on %s, which has no native bfloat16 (CPU: no AVX-512 BF16 / AMX): it is emulated and can "
+            "be 10-20x slower than float32. Use --mixed_precision auto (bf16 only where native) or no.",
+            accelerator.device,
+        )
     return accelerator
 
 

@@ -224,8 +224,9 @@ class LoopArguments:
     )
     logging_steps: int = field(default=10, metadata={"help": "Log to the trackers every N steps."})
     seed: int = field(default=42, metadata={"help": "Seed of the model, the data order and the augmentations."})
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
-        default=None, metadata={"help": "Default: accelerate config."}
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] | None = field(
+        default=None,
+        metadata={"help": "Default: accelerate config. `auto`: bf16 where the device has native bfloat16, else no."},
     )
     with_tracking: bool = field(default=False, metadata={"help": "Log to the --report_to trackers."})
     report_to: str = field(default="tensorboard", metadata={"help": "Tracker(s) for --with_tracking, or 'all'."})

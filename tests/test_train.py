@@ -7,12 +7,22 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
 from maskmatch_hf import MaskMatchForSemanticSegmentation, MaskMatchObjective
 from maskmatch_hf.errors import MaskMatchUsageError
-from maskmatch_hf.train import build_scheduler, main, parameter_groups, parse_args, validate_arguments, warmup_steps
+from maskmatch_hf.objective import native_bf16, resolve_mixed_precision
+from maskmatch_hf.train import (
+    build_accelerator,
+    build_scheduler,
+    main,
+    parameter_groups,
+    parse_args,
+    validate_arguments,
+    warmup_steps,
+)
 
 from .conftest import make_camvid_like, run_on_two_processes, tiny_model, train_argv
 
@@ -109,6 +119,24 @@ def test_bf16_mixed_precision_trains(camvid_like, tmp_path):
     assert np.isfinite(results["train_loss"]) and 0 <= results["best_eval_mean_iou"] <= 1
     state = load_file(output_dir / "model.safetensors")
     assert all(tensor.dtype != torch.bfloat16 for tensor in state.values())  # master weights stay float32
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_mixed_precision_is_bf16_only_where_native(tmp_path, monkeypatch, caplog, native):
+    """`auto` picks bf16 on a CPU with native bfloat16 and float32 elsewhere, where bf16 is emulated and slow; an
+    explicit bf16 there is kept, with a warning."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert native_bf16("cpu") is native
+    assert resolve_mixed_precision("auto", "cpu") == ("bf16" if native else "no")
+    assert [resolve_mixed_precision(value, "cpu") for value in ("no", "bf16", None)] == ["no", "bf16", None]
+    loop = parse_args(["--dataset_name", "d", "--output_dir", str(tmp_path), "--mixed_precision", "auto"]).training
+    assert build_accelerator(loop).mixed_precision == ("bf16" if native else "no")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    loop = parse_args(["--dataset_name", "d", "--output_dir", str(tmp_path), "--mixed_precision", "bf16"]).training
+    with caplog.at_level("WARNING"):
+        assert build_accelerator(loop).mixed_precision == "bf16"
+    assert ("no native bfloat16" in caplog.text) is not native
 
 
 def test_config_file_supplies_flags_and_rejects_unknown_keys(tmp_path):
