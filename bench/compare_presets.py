@@ -31,9 +31,8 @@ import numpy as np
 import torch
 from results_table import LOADER_FLAGS
 
-from maskmatch_hf.objective import resolve_mixed_precision
+from maskmatch_hf.hardware import process_device, resolve_mixed_precision
 from maskmatch_hf.train import main as train_main
-from maskmatch_hf.train import process_device
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

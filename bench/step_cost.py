@@ -45,7 +45,8 @@ from camvid_split import load_camvid_split
 import maskmatch_hf.objective as objective_module
 from maskmatch_hf.data_loaders import infinite_dataloader, sample_seed
 from maskmatch_hf.data_transforms import Resize, WeakAugmentation
-from maskmatch_hf.objective import MaskMatchObjective, fused_adamw_kwargs
+from maskmatch_hf.hardware import fused_adamw_kwargs
+from maskmatch_hf.objective import MaskMatchObjective
 from maskmatch_hf.segmenters import load_model_for_training
 from maskmatch_hf.train import parameter_groups
 

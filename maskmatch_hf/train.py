@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import parse_flag_from_env, set_seed
+from accelerate.utils import set_seed
 from accelerate.utils.constants import OPTIMIZER_NAME, RNG_STATE_NAME, SAFE_WEIGHTS_NAME, SCHEDULER_NAME, WEIGHTS_NAME
 from datasets import IterableDataset
 from tqdm.auto import tqdm
@@ -41,8 +41,9 @@ from .data_transforms import EvalTransform, WeakAugmentation
 from .data_validation import check_example, validate_segmentation_data
 from .errors import MaskMatchUsageError, report_usage_errors
 from .evaluation import evaluate_segmenter
+from .hardware import fused_adamw_kwargs, native_bf16, process_device, resolve_mixed_precision
 from .modeling_maskmatch import MaskMatchForSemanticSegmentation
-from .objective import MaskMatchObjective, fused_adamw_kwargs, native_bf16, resolve_mixed_precision
+from .objective import MaskMatchObjective
 from .pipeline_maskmatch import save_pipeline
 from .reporting import TrainingHistory, plot_training_curves, write_model_card
 from .segmenters import load_model_for_training, minimum_input_side, pretrained_id2label
@@ -251,12 +252,6 @@ def save_final_model(
         do_reduce_labels=False,
     )
     save_pipeline(model, image_processor, output_dir)
-
-
-def process_device() -> torch.device:
-    """The device accelerate gives this process, before any `Accelerator` exists (the process state it sets up,
-    with `accelerate launch --cpu` / `ACCELERATE_USE_CPU` honoured as `Accelerator` does, is the one it reuses)."""
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
 
 
 def build_accelerator(training: LoopArguments) -> Accelerator:

@@ -4,7 +4,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from maskmatch_hf import PRESETS, MaskMatchForSemanticSegmentation, MaskMatchObjective
-from maskmatch_hf.objective import fused_adamw_kwargs, pixel_cross_entropy
+from maskmatch_hf.objective import pixel_cross_entropy
 
 from .conftest import NUM_LABELS, tiny_model
 
@@ -417,16 +417,6 @@ def test_channels_last_changes_the_layout_not_the_step(segmenter, tmp_path):
     loaded = MaskMatchForSemanticSegmentation.from_pretrained(tmp_path).state_dict()
     for name, value in objective.student.state_dict().items():
         assert torch.equal(loaded[name], value)
-
-
-def test_fused_adamw_where_pytorch_has_it():
-    assert fused_adamw_kwargs("cpu") == {"fused": True}  # torch >= 2.4
-    assert fused_adamw_kwargs(torch.device("cuda", 0)) == {"fused": True}
-    assert fused_adamw_kwargs("meta") == {}
-    model = tiny_model("upernet")
-    optimizer = torch.optim.AdamW(model.parameters(), **fused_adamw_kwargs("cpu"))
-    run(MaskMatchObjective(model).train()).loss.backward()
-    optimizer.step()
 
 
 class HostRoundTrips(TorchDispatchMode):
