@@ -3,10 +3,10 @@
 Every run uses the same data, seed, data order, model (UperNet-128 on the ImageNet EfficientNet-Lite0, frames
 at 240x180, crop 160, batch 4 labeled + 4 unlabeled) and step count, and evaluates the *final* model on val.
 Each run writes `bench/results/<split>-<preset>[-<tag>]-<steps>.json` with its figures (val mIoU and per-class
-IoU, pseudo-label accuracy and confident ratio over training, per-class confident pseudo-labels, s/step), the
-exact command, the git commit and the machine. Runs are independent: run them one at a time, on different
-machines, or resume one cut off (its training state is in `--output_dir`); a run whose result file exists is
-skipped. `python bench/results_table.py` turns the files into the README's Results table.
+IoU, pseudo-label accuracy and confident ratio over training, per-class confident pseudo-labels and the wrong share
+of them, s/step), the exact command, the git commit and the machine. Runs are independent: run them one at a time,
+on different machines, or resume one cut off (its training state is in `--output_dir`); a run whose result file
+exists is skipped. `python bench/results_table.py` turns the files into the README's Results table.
 
     python bench/compare_presets.py --steps 4000 --split 1_8 --presets supervised fixmatch maskmatch
     python bench/compare_presets.py --steps 4000 --presets maskmatch --tag fixed-thr -- --class_thresholds fixed
@@ -80,6 +80,12 @@ def curve(history: list[dict[str, float]], name: str) -> list[list[float]] | Non
     return [[entries[c[-1]]["step"], float(np.mean([entries[i][name] for i in c]))] for c in chunks]
 
 
+def per_class_curves(history: list[dict[str, float]], prefix: str) -> dict[str, list[list[float]] | None]:
+    """[`curve`] of each `<prefix>/<label>` in the history, by label."""
+    names = sorted({key for entry in history for key in entry if key.startswith(f"{prefix}/")})
+    return {name.split("/", 1)[1]: curve(history, name) for name in names}
+
+
 def train_argv(args: argparse.Namespace, preset: str, output_dir: Path) -> list[str]:
     camvid = args.camvid
     return [
@@ -111,7 +117,6 @@ def run(args: argparse.Namespace, preset: str) -> Path:
     history = json.loads((output_dir / "training_history.json").read_text())
     config = json.loads((output_dir / "config.json").read_text())
     final = history["eval"][-1]
-    per_class_names = sorted({k for entry in history["train"] for k in entry if k.startswith("confident_ratio/")})
     record = {
         "name": name,
         "split": args.split,
@@ -131,7 +136,8 @@ def run(args: argparse.Namespace, preset: str) -> Path:
         "pseudo_label_accuracy_curve": curve(history["train"], "pseudo_label_accuracy"),
         "confident_pseudo_label_accuracy_curve": curve(history["train"], "confident_pseudo_label_accuracy"),
         "confident_ratio_curve": curve(history["train"], "confident_ratio"),
-        "confident_ratio_per_class_curve": {n.split("/", 1)[1]: curve(history["train"], n) for n in per_class_names},
+        "confident_ratio_per_class_curve": per_class_curves(history["train"], "confident_ratio"),
+        "confident_wrong_ratio_per_class_curve": per_class_curves(history["train"], "confident_wrong_ratio"),
         "seconds_per_step": results.get("train_seconds_per_step"),
         "maskmatch_config": {k: v for k, v in config.items() if k not in ("segmenter_config", "id2label", "label2id")},
         "command": shlex.join([sys.executable, "-m", "maskmatch_hf.train", *argv]),

@@ -26,8 +26,9 @@ class MaskMatchObjectiveOutput(ModelOutput):
     logs (`dict[str, float]`):
         Each active loss term (`loss_x`, `loss_s`, `loss_mask`, `loss_fp`), `loss`, and for semi-supervised
         presets `unlabeled_weight`, `confident_ratio`, `confident_ratio/<label>` (share of pixels confidently
-        pseudo-labeled as each class), `threshold/<label>` (adaptive thresholds), and
-        `pseudo_label_accuracy` / `confident_pseudo_label_accuracy` when the unlabeled labels are passed.
+        pseudo-labeled as each class), `threshold/<label>` (adaptive thresholds), and, when the unlabeled labels
+        are passed, `pseudo_label_accuracy`, `confident_pseudo_label_accuracy` and `confident_wrong_ratio/<label>`
+        (share of pixels confidently and wrongly pseudo-labeled as each class).
     """
 
     loss: torch.FloatTensor | None = None
@@ -433,6 +434,12 @@ class MaskMatchObjective(nn.Module):
             stats["confident_pseudo_label_accuracy"] = (correct & confident).sum() / (
                 known & confident
             ).sum().clamp_min(1)
+            # A class's confident pseudo-labels that are wrong, as a share of the pixels: the drift of a rare class
+            # shows here first (a class's precision is 1 - this / its confident share, over any window).
+            wrong = (confident & known & ~correct).flatten().float()
+            per_class_wrong = torch.zeros_like(counts).index_add_(0, labels, wrong)[:-1] / num_real
+            for index, name in sorted(config.id2label.items()):
+                stats[f"confident_wrong_ratio/{name}"] = per_class_wrong[index]
         return stats
 
     @staticmethod

@@ -142,6 +142,28 @@ def test_confident_ratio_and_unlabeled_losses_follow_the_threshold(monkeypatch, 
     assert logs["confident_ratio"] == 0 and logs["loss_s"] == 0 and logs["loss_mask"] == 0
 
 
+def test_confident_wrong_ratio_counts_each_class_wrong_confident_pixels(monkeypatch):
+    """Per predicted class, the share of pixels whose confident pseudo-label the true label contradicts; void and
+    unconfident pixels are never counted wrong."""
+    objective = MaskMatchObjective(tiny_model(preset="fixmatch", confidence_threshold=0.6)).train()
+    probs = torch.full((B, NUM_LABELS, H, W), 0.1)
+    probs[:, 0, : H // 2] = 0.7  # class 0, confident: top half
+    probs[:, 1, H // 2 :] = 0.7  # class 1, confident: bottom half but its last 4 rows
+    probs[:, 1, -4:] = 0.3
+    monkeypatch.setattr(objective, "teacher_probabilities", lambda pixel_values: probs)
+    truth = torch.zeros(B, H, W, dtype=torch.long)
+    truth[:, 2:4] = 2  # 2 confident rows of class 0 are wrong
+    truth[:, 4] = 255  # a void row is not judged
+    truth[:, H // 2 :] = 1
+    truth[:, -4:] = 3  # unconfident, wrong: not counted
+    logs = run(objective, unlabeled_labels=truth).logs
+    names = objective.config.id2label
+    assert logs[f"confident_wrong_ratio/{names[0]}"] == pytest.approx(2 / H)
+    assert logs[f"confident_wrong_ratio/{names[1]}"] == 0
+    assert logs[f"confident_ratio/{names[0]}"] == pytest.approx(0.5)
+    assert f"confident_wrong_ratio/{names[0]}" not in run(objective).logs  # only with the true labels
+
+
 def test_padding_pixels_are_excluded_from_unlabeled_losses():
     objective = MaskMatchObjective(tiny_model(preset="maskmatch", confidence_threshold=0)).train()
     logs = run(objective, unlabeled_pixel_mask=torch.zeros(B, H, W, dtype=torch.bool)).logs
