@@ -45,7 +45,7 @@ from camvid_split import load_camvid_split
 import maskmatch_hf.objective as objective_module
 from maskmatch_hf.data_loaders import infinite_dataloader, sample_seed
 from maskmatch_hf.data_transforms import Resize, WeakAugmentation
-from maskmatch_hf.hardware import fused_adamw_kwargs
+from maskmatch_hf.hardware import fused_adamw_kwargs, native_bf16
 from maskmatch_hf.objective import MaskMatchObjective
 from maskmatch_hf.segmenters import load_model_for_training
 from maskmatch_hf.train import parameter_groups
@@ -395,7 +395,12 @@ def main(argv: list[str] | None = None) -> None:
         "--resize", type=Resize.from_flag, help="As training's --resize (180 for the original 480x360 frames)."
     )
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=list(MODES),
+        help="Default: all where the device has native bfloat16, else the float32 ones (emulated bf16 is 10x slower).",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=10, help="Measured steps per (preset, mode).")
     parser.add_argument("--warmup", type=int, default=2, help="Unmeasured steps first.")
@@ -413,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.modes is None:
+        args.modes = [mode for mode, (dtype, _) in MODES.items() if dtype is None or native_bf16(device)]
     if args.resize is None and not (args.camvid / "train").is_dir():
         parser.error(f"no CamVid folder at {args.camvid}")
     data = load_camvid_split(args.camvid, args.split)
