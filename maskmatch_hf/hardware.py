@@ -28,9 +28,8 @@ def native_bf16(device: torch.device | str) -> bool:
     """Whether `device` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX.
 
     Elsewhere bf16 autocast is emulated and slow: on a 2-core AMD EPYC with AVX2 only, a maskmatch training step
-    (UperNet-128, batch 4 + 4) took 17.2 s in bf16 against 1.71 s in float32
-    (`bench/step_cost.py`, 2 threads). Other accelerators count as not
-    native (`--mixed_precision auto` then trains in float32).
+    (UperNet-128, batch 4 + 4) took 17.2 s in bf16 against 1.71 s in float32 (`bench/step_cost.py`, 2 threads).
+    Other accelerators count as not native (`--mixed_precision auto` then trains in float32).
     """
     device = torch.device(device)
     if device.type == "cuda":

@@ -267,7 +267,7 @@ def build_accelerator(training: LoopArguments) -> Accelerator:
     if accelerator.mixed_precision == "bf16" and not native_bf16(accelerator.device):
         logger.warning(
             "bf16 autocast on %s, which has no native bfloat16 (CPU: no AVX-512 BF16 / AMX): it is emulated and can "
-            "be 10-20x slower than float32. Use --mixed_precision auto (bf16 only where native) or no.",
+            "be 10x slower than float32. Use --mixed_precision auto (bf16 only where native) or no.",
             accelerator.device,
         )
     return accelerator
