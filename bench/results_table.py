@@ -29,9 +29,9 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 # Flags that change how the data is loaded, never what is trained: no tag needed, left out of the recipe.
 LOADER_FLAGS = ("--dataloader_num_workers", "--decoded_image_cache_mb")
 RARE = ("pole", "sign_symbol", "fence", "pedestrian", "bicyclist")
-RECIPE_FIELDS = ("class_thresholds", "teacher", "mask_patch_size", "mask_ratio", "ensemble_scales",
-                 "unlabeled_rampup_steps", "lambda_mask", "logit_adjustment", "distribution_alignment",
-                 "logit_adjusted_loss", "confident_share_cap")  # fmt: skip
+RECIPE_FIELDS = ("class_thresholds", "teacher", "mask_patch_size", "mask_ratio", "mask_batch_fraction",
+                 "ensemble_scales", "unlabeled_rampup_steps", "lambda_mask", "logit_adjustment",
+                 "distribution_alignment", "logit_adjusted_loss", "confident_share_cap")  # fmt: skip
 SUPERVISED_FIELDS = ("logit_adjusted_loss",)  # the recipe settings that also shape the labeled loss
 # Settings added after the first runs: a record without one trained with it off.
 ADDED_LATER = {
@@ -39,6 +39,7 @@ ADDED_LATER = {
     "distribution_alignment": 0.0,
     "logit_adjusted_loss": 0.0,
     "confident_share_cap": 0.0,
+    "mask_batch_fraction": 1.0,
 }
 BN_FLAG = "--segmenter_config"
 SCHEDULE_FLAGS = ("--checkpointing_steps", "--eval_steps")
@@ -79,7 +80,7 @@ def recipe_fields(preset: str) -> tuple[str, ...]:
     if not components.multiscale_teacher:
         unused.add("ensemble_scales")
     if not components.masked_modeling:
-        unused |= {"mask_patch_size", "mask_ratio", "lambda_mask"}
+        unused |= {"mask_patch_size", "mask_ratio", "mask_batch_fraction", "lambda_mask"}
     return tuple(name for name in RECIPE_FIELDS if name not in unused)
 
 

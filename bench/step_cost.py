@@ -173,6 +173,8 @@ class Run:
         self.autocast_dtype, memory_format = MODES[mode]
         torch.manual_seed(args.seed)
         overrides = {"preset": preset, **({"teacher": args.teacher} if args.teacher else {})}
+        if args.mask_batch_fraction is not None:
+            overrides["mask_batch_fraction"] = args.mask_batch_fraction
         model = load_model_for_training(
             None,
             data.id2label,
@@ -408,6 +410,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=4, help="Labeled and unlabeled batch size.")
     parser.add_argument("--upernet_hidden_size", type=int, default=128)
     parser.add_argument("--teacher", choices=["shared", "ema"], help="Default: the config's.")
+    parser.add_argument("--mask_batch_fraction", type=float, help="Default: the config's.")
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (training's default: 0).")
     parser.add_argument(
         "--decoded_image_cache_mb", type=int, default=512, help="As maskmatch-train's (0: decode every image)."
@@ -428,9 +431,11 @@ def main(argv: list[str] | None = None) -> None:
     for index in range(args.warmup + args.steps):
         for run in runs.values():
             run.step(record=index >= args.warmup)
+    fraction = next(iter(runs.values())).objective.config.mask_batch_fraction
     print(
         f"step_cost: UperNet-{args.upernet_hidden_size} on EfficientNet-Lite0, crop {args.crop_size}, "
-        f"batch {args.batch_size} + {args.batch_size}, {describe_device(device)}, torch {torch.__version__}, "
+        f"batch {args.batch_size} + {args.batch_size}, mask_batch_fraction {fraction}, "
+        f"{describe_device(device)}, torch {torch.__version__}, "
         f"median of {args.steps} steps (after {args.warmup} warm-up), OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}\n"
     )

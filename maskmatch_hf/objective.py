@@ -394,11 +394,14 @@ class MaskMatchObjective(nn.Module):
                 ]
             ).mean()
             if components.masked_modeling:
+                num_masked = config.num_masked_images(batch_u)
                 hidden = random_patch_mask(
-                    batch_u, height, width, config.mask_patch_size, config.mask_ratio, generator, weak.device
+                    num_masked, height, width, config.mask_patch_size, config.mask_ratio, generator, weak.device
                 )
-                masked_logits = self.student(pixel_values=mask_images(first_strong, hidden)).logits
-                terms["loss_mask"] = pixel_cross_entropy(masked_logits, pseudo.labels, ignore_index, pseudo.confident)
+                masked_logits = self.student(pixel_values=mask_images(first_strong[:num_masked], hidden)).logits
+                terms["loss_mask"] = pixel_cross_entropy(
+                    masked_logits, pseudo.labels[:num_masked], ignore_index, pseudo.confident[:num_masked]
+                )
             if components.feature_perturbation:
                 perturbed_logits = self.student(pixel_values=weak, feature_perturbation=True).logits
                 terms["loss_fp"] = pixel_cross_entropy(perturbed_logits, pseudo.labels, ignore_index, pseudo.confident)

@@ -227,6 +227,7 @@ def _recipe(config: MaskMatchConfig, results: dict[str, Any], args: TrainArgumen
         "teacher_scales": config.teacher_scales,
         "mask_ratio": config.mask_ratio,
         "mask_patch_size": config.mask_patch_size,
+        "mask_batch_fraction": config.mask_batch_fraction,
         "lambda_s": config.lambda_s,
         "lambda_mask": config.lambda_mask,
         "lambda_fp": config.lambda_fp,

@@ -52,6 +52,8 @@ def test_labels_are_shared_with_the_segmenter():
         ("mask_ratio", 1.0),
         ("mask_ratio", -0.1),
         ("mask_patch_size", 0),
+        ("mask_batch_fraction", 0.0),
+        ("mask_batch_fraction", 1.5),
         ("ensemble_scales", [1.0, -0.5]),
         ("ensemble_scales", []),
         ("preset", "mean-teacher"),

@@ -271,6 +271,37 @@ def test_strong_views_are_normalized_apart_from_masked_views():
     torch.testing.assert_close(maskmatch[1], fixmatch[1])
 
 
+@pytest.mark.parametrize(("fraction", "num_masked"), [(1.0, 4), (0.5, 2), (0.3, 2), (0.1, 1)])
+def test_mask_batch_fraction_trains_the_masked_view_of_the_first_images(monkeypatch, fraction, num_masked):
+    """The masked pass holds the first `ceil(fraction * B_u)` strong views, masked, and `L_mask` is their loss
+    against those images' pseudo-labels; the other terms see the whole batch."""
+    batch_u = 4
+    model = tiny_model(preset="maskmatch", mask_batch_fraction=fraction, confidence_threshold=0.65)
+    objective = MaskMatchObjective(model).train()
+    probs = torch.full((batch_u, NUM_LABELS, H, W), 0.1)
+    probs[:, 0] = 0.7
+    probs[1::2, 0, : H // 2] = 0.2  # images 1 and 3: their top half unconfident
+    probs[1::2, 1, : H // 2] = 0.6  # and pseudo-labeled class 1
+    monkeypatch.setattr(objective, "teacher_probabilities", lambda pixel_values: probs)
+    passes = []
+    model.register_forward_hook(
+        lambda module, args, kwargs, output: (
+            passes.append((kwargs["pixel_values"], output.logits)) if torch.is_grad_enabled() else None
+        ),
+        with_kwargs=True,
+    )
+    unlabeled = torch.randn(batch_u, 3, H, W, generator=torch.Generator().manual_seed(1))
+    logs = run(objective, unlabeled_pixel_values=unlabeled).logs
+    (_, strong_logits), (masked_input, masked_logits) = passes[1:]
+    assert strong_logits.shape[0] == batch_u and masked_input.shape[0] == num_masked
+    pseudo_labels = probs.argmax(dim=1)[:num_masked]
+    confident = probs.amax(dim=1)[:num_masked] >= 0.65
+    expected = pixel_cross_entropy(masked_logits, pseudo_labels, 255, confident)
+    assert logs["loss_mask"] == pytest.approx(expected.item(), rel=1e-5)
+    assert (masked_input == 0).float().mean() > 0.5  # the masked view: 70% of its patches hidden
+    assert logs["confident_ratio"] == pytest.approx(0.75)  # all four images
+
+
 def test_unlabeled_losses_ramp_up_linearly():
     objective = MaskMatchObjective(
         tiny_model(preset="maskmatch", confidence_threshold=0.0, unlabeled_rampup_steps=10)

@@ -68,6 +68,7 @@ FLAG_DEFAULTS = {
     "preset": None,
     "mask_ratio": None,
     "mask_patch_size": None,
+    "mask_batch_fraction": None,
     "ensemble_scales": None,
     "ensemble_flip": None,
     "confidence_threshold": None,
