@@ -131,6 +131,8 @@ def run(args: argparse.Namespace, preset: str) -> Path:
         ),  # fmt: skip
         "final_val_mean_accuracy": final["mean_accuracy"],
         "final_val_overall_accuracy": final["overall_accuracy"],
+        # Pixel counts of the final model on val, rows true and columns predicted classes (id2label order).
+        "final_val_confusion_matrix": final.get("confusion_matrix"),
         "val_mean_iou_curve": [[e["step"], e["mean_iou"]] for e in history["eval"]],
         "best_val_mean_iou": results.get("best_eval_mean_iou"),
         "pseudo_label_accuracy_curve": curve(history["train"], "pseudo_label_accuracy"),

@@ -40,7 +40,7 @@ from .data_loaders import eval_dataloader
 from .data_transforms import EvalTransform, Resize
 from .data_validation import check_example, validate_split
 from .errors import MaskMatchUsageError, check_local_or_hub, rename_deprecated_flags, report_usage_errors
-from .metrics import SegmentationMetric
+from .metrics import SegmentationMetric, scores_from_confusion_matrix
 from .modeling_maskmatch import multiscale_probabilities
 from .predict import (
     DEPRECATED_FLAGS,
@@ -85,7 +85,8 @@ def evaluate_segmenter(
     ignore_index: int = 255,
     show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Scores of `model` (evaluate's `mean_iou` keys, plus `num_images`) over an [`eval_dataloader`].
+    """Scores of `model` (evaluate's `mean_iou` keys, plus `num_images` and the `(C, C)` int64 numpy
+    `confusion_matrix`, rows reference and columns predicted classes) over an [`eval_dataloader`].
 
     Predictions are [`multiscale_probabilities`] with the given scales, flip and sliding window. With an
     `accelerator` running several processes, each scores its share of the loader and the confusion matrices are
@@ -108,10 +109,10 @@ def evaluate_segmenter(
             metric.update(probabilities.argmax(dim=1), batch["labels"].to(device), accelerator=accelerator)
             num_images += len(pixel_values)
     model.train(was_training)
-    scores = metric.compute()
+    confusion = metric.confusion_matrix().cpu().numpy()
     if accelerator is not None and accelerator.num_processes > 1:
         num_images = accelerator.reduce(num_images, reduction="sum")
-    return {**scores, "num_images": int(num_images)}
+    return {**scores_from_confusion_matrix(confusion), "confusion_matrix": confusion, "num_images": int(num_images)}
 
 
 def _checked_loader(
@@ -176,8 +177,8 @@ def evaluate_checkpoint(
     training's checks against the model's classes; a streamed split is also checked example by example.
 
     Returns evaluate's `mean_iou` keys (per-category values as arrays, NaN for classes absent from predictions
-    and references), `num_images`, `class_names` and a description of the `split`. With several processes
-    (`accelerate launch`) each scores its share; call it on every process.
+    and references), `confusion_matrix`, `num_images`, `class_names` and a description of the `split`. With
+    several processes (`accelerate launch`) each scores its share; call it on every process.
     """
     if streaming and validation_samples is None:
         raise ValueError("A streamed split is checked on its first `validation_samples` rows: give a number.")
@@ -321,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "window_size": args.window_size,
             "window_stride": args.window_stride,
         }
-        output = {key: _to_json(results[key]) for key in (*SCORE_KEYS, "class_names", "num_images", "split")}
+        keys = (*SCORE_KEYS, "confusion_matrix", "class_names", "num_images", "split")
+        output = {key: _to_json(results[key]) for key in keys}
         Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output_file).write_text(json.dumps({**output, **settings}, indent=2) + "\n")
         print(format_scores(results))

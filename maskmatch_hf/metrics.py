@@ -140,29 +140,39 @@ class SegmentationMetric:
         return local + self._gathered.to(local.device)
 
     def compute(self, nan_to_num: float | None = None) -> dict[str, Any]:
-        """Scores with the keys and semantics of evaluate's `mean_iou`.
+        """Scores with the keys and semantics of evaluate's `mean_iou`: [`scores_from_confusion_matrix`] of
+        [`confusion_matrix`]."""
+        return scores_from_confusion_matrix(self.confusion_matrix(), nan_to_num)
 
-        Per-category values are float64 numpy arrays. A class's IoU is NaN when it is absent from both
-        predictions and references, its accuracy NaN when absent from the references; the means skip NaNs.
-        `nan_to_num`, if given, replaces NaN in every value.
-        """
-        cm = self.confusion_matrix().cpu().numpy().astype(np.float64)
-        intersection = np.diag(cm)
-        reference_area, predicted_area = cm.sum(1), cm.sum(0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            iou = intersection / (reference_area + predicted_area - intersection)
-            accuracy = intersection / reference_area
-            overall = float(intersection.sum() / reference_area.sum())
-        scores: dict[str, Any] = {
-            "mean_iou": _nanmean(iou),
-            "mean_accuracy": _nanmean(accuracy),
-            "overall_accuracy": overall,
-            "per_category_iou": iou,
-            "per_category_accuracy": accuracy,
-        }
-        if nan_to_num is not None:
-            scores = {key: _replace_nan(value, nan_to_num) for key, value in scores.items()}
-        return scores
+
+def scores_from_confusion_matrix(
+    confusion: torch.Tensor | np.ndarray, nan_to_num: float | None = None
+) -> dict[str, Any]:
+    """evaluate's `mean_iou` scores of a `(C, C)` confusion matrix (rows: reference, columns: prediction).
+
+    Per-category values are float64 numpy arrays. A class's IoU is NaN when it is absent from both
+    predictions and references, its accuracy NaN when absent from the references; the means skip NaNs.
+    `nan_to_num`, if given, replaces NaN in every value.
+    """
+    if isinstance(confusion, torch.Tensor):
+        confusion = confusion.cpu().numpy()
+    cm = np.asarray(confusion, dtype=np.float64)
+    intersection = np.diag(cm)
+    reference_area, predicted_area = cm.sum(1), cm.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = intersection / (reference_area + predicted_area - intersection)
+        accuracy = intersection / reference_area
+        overall = float(intersection.sum() / reference_area.sum())
+    scores: dict[str, Any] = {
+        "mean_iou": _nanmean(iou),
+        "mean_accuracy": _nanmean(accuracy),
+        "overall_accuracy": overall,
+        "per_category_iou": iou,
+        "per_category_accuracy": accuracy,
+    }
+    if nan_to_num is not None:
+        scores = {key: _replace_nan(value, nan_to_num) for key, value in scores.items()}
+    return scores
 
 
 def _nanmean(values: np.ndarray) -> float:

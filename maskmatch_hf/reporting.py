@@ -50,6 +50,8 @@ class TrainingHistory:
             "overall_accuracy": float(scores["overall_accuracy"]),
             "per_category_iou": [float(v) for v in np.asarray(scores["per_category_iou"])],
         }
+        if "confusion_matrix" in scores:  # pixel counts, rows reference and columns predicted classes
+            entry["confusion_matrix"] = np.asarray(scores["confusion_matrix"]).astype(int).tolist()
         best = self.best_eval()
         self.eval.append(entry)
         return best is None or entry["mean_iou"] > best["mean_iou"]

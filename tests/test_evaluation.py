@@ -67,6 +67,10 @@ def test_cli_prints_and_writes_the_scores_training_reported(trained_checkpoint, 
     assert written["mean_iou"] == pytest.approx(trained["best_eval_mean_iou"], abs=1e-12)
     best_iou = [None if math.isnan(v) else v for v in trained["best_eval_per_category_iou"]]
     assert written["per_category_iou"] == pytest.approx(best_iou, abs=1e-12)
+    confusion = np.array(written["confusion_matrix"])  # pixel counts: rows true, columns predicted classes
+    union = confusion.sum(0) + confusion.sum(1) - confusion.diagonal()
+    iou_from_confusion = [None if u == 0 else i / u for i, u in zip(confusion.diagonal(), union)]
+    assert confusion.shape == (11, 11) and written["per_category_iou"] == pytest.approx(iou_from_confusion)
     assert f"mIoU {100 * written['mean_iou']:.2f} | mean accuracy" in printed
     for name, iou in zip(written["class_names"], written["per_category_iou"]):
         assert any(

@@ -20,6 +20,14 @@ def _history(num_classes: int = 3) -> TrainingHistory:
     return history
 
 
+def test_history_keeps_the_confusion_matrix_of_each_evaluation():
+    history = TrainingHistory()
+    scores = {"mean_iou": 0.5, "mean_accuracy": 0.5, "overall_accuracy": 0.7, "per_category_iou": np.full(2, 0.5)}
+    history.log_eval(10, {**scores, "confusion_matrix": np.array([[3, 1], [0, 2]], dtype=np.int64)})
+    history.log_eval(20, scores)  # scores from elsewhere may have none
+    assert history.eval[0]["confusion_matrix"] == [[3, 1], [0, 2]] and "confusion_matrix" not in history.eval[1]
+
+
 def test_history_results_and_state_round_trip():
     history = _history()
     history.seconds_per_step = 0.5

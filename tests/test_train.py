@@ -38,6 +38,13 @@ def test_training_writes_model_card_plot_and_results(camvid_like, tmp_path, caps
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["train_steps"] == 4 and 0 <= results["best_eval_mean_iou"] <= 1
     assert len(results["best_eval_per_category_iou"]) == 11
+    final_eval = json.loads((output_dir / "training_history.json").read_text())["eval"][-1]
+    confusion = np.array(final_eval["confusion_matrix"])  # pixel counts: rows true, columns predicted classes
+    assert confusion.shape == (11, 11) and confusion.sum() > 0
+    union = confusion.sum(0) + confusion.sum(1) - confusion.diagonal()
+    present = union > 0
+    iou = np.array(final_eval["per_category_iou"])
+    np.testing.assert_allclose(iou[present], confusion.diagonal()[present] / union[present])
     assert 0 <= results["final_confident_ratio"] <= 1 and 0 <= results["final_pseudo_label_accuracy"] <= 1
     card = (output_dir / "README.md").read_text()
     assert "pipeline_tag: image-segmentation" in card and f"{100 * results['best_eval_mean_iou']:.2f}" in card
