@@ -66,6 +66,7 @@ class MaskMatchConfig(PreTrainedConfig):
             Fraction of the unlabeled batch whose masked view the student trains on, in `(0, 1]`: the first
             `ceil(mask_batch_fraction * B_u)` images of each batch. The masked pass costs as much as any other
             student pass; 0.5 halves it (`bench/step_cost.py`), with the same loss estimated from fewer images.
+            With UperNet the masked pass needs 2 images or more (`maskmatch-train` checks).
         ensemble_scales (`list[float]`, defaults to `[1.0]`):
             Input scales whose softmaxes the teacher averages (multi-scale presets only), e.g. `[0.75, 1.0, 1.25]`.
             The default is the single-scale teacher: on CamVid the 3-scale ensemble costs 3.3-3.5x its passes for no

@@ -46,7 +46,7 @@ from .modeling_maskmatch import MaskMatchForSemanticSegmentation
 from .objective import MaskMatchObjective
 from .pipeline_maskmatch import save_pipeline
 from .reporting import TrainingHistory, plot_training_curves, write_model_card
-from .segmenters import load_model_for_training, minimum_input_side, pretrained_id2label
+from .segmenters import load_model_for_training, minimum_input_side, minimum_pass_batch_size, pretrained_id2label
 from .training_args import LoopArguments, TrainArguments, parse_args, validate_arguments
 
 logger = get_logger(__name__)
@@ -231,6 +231,33 @@ def check_crop_size(args: TrainArguments, config: MaskMatchConfig) -> int:
     return math.ceil(min_side / min(args.training.eval_ensemble_scales))
 
 
+def check_pass_batch_sizes(args: TrainArguments, config: MaskMatchConfig) -> None:
+    """Checks that every student pass (each its own BatchNorm batch) holds enough images for the segmenter."""
+    minimum = minimum_pass_batch_size(config.segmenter_config)
+    training = args.training
+    labeled = training.per_device_train_batch_size
+    problem = None
+    if labeled < minimum:
+        problem = f"--per_device_train_batch_size {labeled} puts {labeled} image in the labeled pass"
+    elif config.components.unlabeled:
+        unlabeled = training.per_device_unlabeled_batch_size or labeled
+        components = config.components
+        passes = {"strong-view": components.strong_views * unlabeled}
+        if components.feature_perturbation:
+            passes["feature-perturbed"] = unlabeled
+        if components.masked_modeling:
+            passes["masked-view"] = config.num_masked_images(unlabeled)
+        name, size = min(passes.items(), key=lambda item: item[1])
+        if size < minimum:
+            fraction = f" and --mask_batch_fraction {config.mask_batch_fraction}" if name == "masked-view" else ""
+            problem = f"an unlabeled batch of {unlabeled}{fraction} puts {size} image in the {name} pass"
+    if problem:
+        raise MaskMatchUsageError(
+            f"{problem}, and this segmenter needs at least {minimum} per pass (UperNet's pyramid pooling normalizes "
+            "1x1 maps with BatchNorm): use larger per-device batches."
+        )
+
+
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
@@ -296,6 +323,7 @@ def load_data_and_model(
         segmenter_overrides=read_json_argument(args.model.segmenter_config),
         pretrained_backbone=args.model.pretrained_backbone,
     )
+    check_pass_batch_sizes(args, model.config)
     validate_segmentation_data(
         data,
         num_labels=model.config.num_labels,

@@ -103,6 +103,30 @@ def test_invalid_hyperparameter_and_crop_too_small_for_the_model(camvid_like, tm
 
 
 @pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--per_device_train_batch_size", "1"], "--per_device_train_batch_size 1 puts 1 image in the labeled pass"),
+        (
+            ["--per_device_unlabeled_batch_size", "4", "--mask_batch_fraction", "0.25"],
+            "an unlabeled batch of 4 and --mask_batch_fraction 0.25 puts 1 image in the masked-view pass",
+        ),
+        (
+            ["--preset", "unimatch", "--per_device_unlabeled_batch_size", "1"],
+            "an unlabeled batch of 1 puts 1 image in the feature-perturbed pass",
+        ),
+    ],
+    ids=["labeled", "masked", "feature-perturbed"],
+)
+def test_upernet_pass_of_one_image_is_refused_before_training(
+    camvid_like, tmp_path, capsys, no_training_step, flags, expected
+):
+    """UperNet's pyramid pooling BatchNorm cannot normalize one 1x1 map: said up front, not by PyTorch at step 0."""
+    upernet = ["--segmenter", "upernet", "--segmenter_config", "{}", "--upernet_hidden_size", "8"]
+    message = train_error(capsys, *train_argv(camvid_like, tmp_path / "out"), *upernet, *flags)
+    assert message.startswith(f"error: {expected}, and this segmenter needs at least 2 per pass")
+
+
+@pytest.mark.parametrize(
     "broken",
     ["train/f000.png", "trainannot/f001.png", "train/f007.png", "val/f001.png"],
     ids=["labeled image", "labeled mask", "unlabeled image", "eval image"],
