@@ -96,8 +96,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {100 * sure.diag().sum() / confident.clamp_min(1):.2f}% |"
             )
         print("\nper class, confident recall / precision (argmax recall / precision), %:\n")
-        print("| class | labeled share | " + " | ".join(f"tau {tau:g}" for tau in results) + " |")
-        print("|---|---|" + "---|" * len(results))
+        print("| class | labeled share | unlabeled share | " + " | ".join(f"tau {tau:g}" for tau in results) + " |")
+        print("|---|---|---|" + "---|" * len(results))
+        every = next(iter(results.values()))[0]
+        unlabeled_share = every.sum(1) / every.sum()
         for index, name in enumerate(names):
             cells = []
             for every, sure in results.values():
@@ -106,8 +108,26 @@ def main(argv: list[str] | None = None) -> None:
                 argmax_recall = 100 * every[index, index] / every[index].sum().clamp_min(1)
                 argmax_precision = 100 * every[index, index] / every[:, index].sum().clamp_min(1)
                 cells.append(f"{recall:.1f} / {precision:.1f} ({argmax_recall:.1f} / {argmax_precision:.1f})")
-            print(f"| {name} | {100 * counts[index] / counts.sum():.2f}% | " + " | ".join(cells) + " |")
+            shares = f"{100 * counts[index] / counts.sum():.2f}% | {100 * unlabeled_share[index]:.2f}%"
+            print(f"| {name} | {shares} | " + " | ".join(cells) + " |")
+        print("\nwhere each class's wrong confident pseudo-labels come from: their true classes (most first), in % of")
+        print("the class's confident pseudo-labels:\n")
+        print("| class | " + " | ".join(f"tau {tau:g}" for tau in results) + " |")
+        print("|---|" + "---|" * len(results))
+        for index, name in enumerate(names):
+            cells = [error_sources(sure, index, names) for _, sure in results.values()]
+            print(f"| {name} | " + " | ".join(cells) + " |")
         print()
+
+
+def error_sources(confident: torch.Tensor, predicted: int, names: list[str], top: int = 2) -> str:
+    """The `top` true classes of the confident pixels pseudo-labeled `predicted` but not truly it, as shares of
+    all its confident pixels (`confident`: true x pseudo-label counts)."""
+    column = confident[:, predicted].clone()
+    total = column.sum().clamp_min(1)
+    column[predicted] = 0
+    ranked = [int(index) for index in column.argsort(descending=True)[:top] if column[index] > 0]
+    return ", ".join(f"{names[index]} {100 * column[index] / total:.1f}" for index in ranked) or "-"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from .conftest import make_camvid_like, tiny_model
 
@@ -76,11 +77,21 @@ def test_pseudo_label_balance_scores_each_tau(camvid_split, tmp_path, capsys):
                                "--crop_size", "32", "--taus", "0", "1"])  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" |")[0] for line in lines if line.startswith(("| 0 |", "| 1 |"))] == ["| 0", "| 1"]
-    per_class = [line for line in lines if line.startswith("| ") and line.count("%") == 1 and " / " in line]
+    per_class = [line for line in lines if line.startswith("| ") and line.count("%") == 2 and " / " in line]
     assert len(per_class) == 11 and all(line.count(" / ") == 4 for line in per_class)
+    sources = lines[lines.index("| class | tau 0 | tau 1 |") + 2 :][:11]
+    assert [line.split(" |")[0] for line in sources] == [f"| c{i}" for i in range(11)]
     pseudo_label_balance.main(["--camvid", str(camvid_split), "--checkpoints", str(tmp_path / "checkpoint"),
                                "--crop_size", "32", "--taus", "0", "--method", "distribution_alignment"])  # fmt: skip
     assert "(distribution_alignment)" in capsys.readouterr().out
+
+
+def test_error_sources_rank_the_true_classes_of_a_pseudo_label_s_mistakes():
+    from pseudo_label_balance import error_sources
+
+    confident = torch.tensor([[5, 0, 0], [0, 8, 6], [0, 0, 3]])  # true x pseudo-label
+    assert error_sources(confident, 2, ["a", "b", "c"]) == "b 66.7"  # 6 of its 9 confident pixels are truly b
+    assert error_sources(confident, 0, ["a", "b", "c"]) == "-"
 
 
 def test_results_table_recipe_names_only_settings_the_preset_uses():
