@@ -31,7 +31,8 @@ LOADER_FLAGS = ("--dataloader_num_workers", "--decoded_image_cache_mb")
 RARE = ("pole", "sign_symbol", "fence", "pedestrian", "bicyclist")
 RECIPE_FIELDS = ("class_thresholds", "teacher", "mask_patch_size", "mask_ratio", "mask_batch_fraction",
                  "ensemble_scales", "unlabeled_rampup_steps", "lambda_mask", "logit_adjustment",
-                 "distribution_alignment", "logit_adjusted_loss", "confident_share_cap")  # fmt: skip
+                 "distribution_alignment", "logit_adjusted_loss", "logit_adjusted_unlabeled_loss",
+                 "confident_share_cap")  # fmt: skip
 SUPERVISED_FIELDS = ("logit_adjusted_loss",)  # the recipe settings that also shape the labeled loss
 # Settings added after the first runs: a record without one trained with it off.
 ADDED_LATER = {
@@ -40,6 +41,7 @@ ADDED_LATER = {
     "logit_adjusted_loss": 0.0,
     "confident_share_cap": 0.0,
     "mask_batch_fraction": 1.0,
+    "logit_adjusted_unlabeled_loss": False,
 }
 BN_FLAG = "--segmenter_config"
 SCHEDULE_FLAGS = ("--checkpointing_steps", "--eval_steps")

@@ -96,6 +96,14 @@ class MaskMatchConfig(PreTrainedConfig):
             unlabeled terms train on them with the plain cross-entropy, which favours no class: nothing is shifted
             again at every step, unlike `logit_adjustment`. 0.5 measured on CamVid 1/8 (the README's Results); 0
             turns it off.
+        logit_adjusted_unlabeled_loss (`bool`, defaults to `False`):
+            Puts the pseudo-labels and the unlabeled terms in the frame of the logit-adjusted loss: under it the
+            model's `logits + tau * log(pi)` (`tau` = `logit_adjusted_loss`, which must be on) are the class
+            posterior, so the teacher's argmax and confidence are taken from them, and every unlabeled term sees the
+            same adjusted logits, as `L_x` does. The model's own logits stay the balanced classifier used at
+            inference. Off, pseudo-labels come from the balanced logits themselves, which favour rare classes: more
+            of their pixels pass the threshold, at lower precision (`bench/pseudo_label_balance.py --taus -0.5 0`
+            scores both: `tau -0.5` is this frame).
         distribution_alignment (`float`, defaults to 0.0):
             `tau` of distribution alignment (ReMixMatch, Berthelot et al., 2020): the teacher's probabilities are
             multiplied by `(pi / p_bar) ** tau` and renormalized before the argmax and the confidence, `pi` the
@@ -153,6 +161,7 @@ class MaskMatchConfig(PreTrainedConfig):
     class_threshold_momentum: float | int = 0.99
     logit_adjustment: float | int = 0.0
     logit_adjusted_loss: float | int = 0.5
+    logit_adjusted_unlabeled_loss: bool = False
     distribution_alignment: float | int = 0.0
     distribution_alignment_momentum: float | int = 0.99
     confident_share_cap: float | int = 0.0
@@ -204,6 +213,10 @@ class MaskMatchConfig(PreTrainedConfig):
         for name in ("logit_adjustment", "logit_adjusted_loss", "distribution_alignment", "confident_share_cap"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"`{name}` must be non-negative, got {getattr(self, name)}.")
+        if self.logit_adjusted_unlabeled_loss and not self.logit_adjusted_loss:
+            raise ValueError(
+                "`logit_adjusted_unlabeled_loss` needs the logit-adjusted loss: set `logit_adjusted_loss`."
+            )
         if not 0.0 <= self.distribution_alignment_momentum < 1.0:
             raise ValueError(
                 f"`distribution_alignment_momentum` must be in [0, 1), got {self.distribution_alignment_momentum}."

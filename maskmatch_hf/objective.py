@@ -227,25 +227,39 @@ class MaskMatchObjective(nn.Module):
 
     def adjusted_probabilities(self, probabilities: torch.FloatTensor) -> torch.FloatTensor:
         """The teacher's probabilities `(B, C, ...)` as the pseudo-labels use them: with logit adjustment
-        `softmax(log p - tau_la * log pi)`, with distribution alignment `p * (pi / p_bar) ** tau_da` renormalized."""
+        `softmax(log p - tau_la * log pi)`, with distribution alignment `p * (pi / p_bar) ** tau_da` renormalized,
+        with `logit_adjusted_unlabeled_loss` also `+ tau * log pi` on the log-probabilities (the posterior)."""
         config = self.config
-        if not (config.logit_adjustment or config.distribution_alignment):
+        if not (config.logit_adjustment or config.distribution_alignment or config.logit_adjusted_unlabeled_loss):
             return probabilities
         log_pi = self.labeled_class_frequencies().log()
         shift = -config.logit_adjustment * log_pi
+        if config.logit_adjusted_unlabeled_loss:
+            shift = shift + config.logit_adjusted_loss * log_pi
         if config.distribution_alignment:
             log_p_bar = self.teacher_marginal().clamp_min(torch.finfo(probabilities.dtype).tiny).log()
             shift = shift + config.distribution_alignment * (log_pi - log_p_bar)
         shift = shift.view(1, -1, *([1] * (probabilities.dim() - 2)))
         return (probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log() + shift).softmax(dim=1)
 
-    def labeled_cross_entropy(self, logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
-        """`L_x`: [`pixel_cross_entropy`] of the student's `logits`, logit-adjusted by `tau * log(pi)` (`tau` =
-        `config.logit_adjusted_loss`) when that is on."""
+    def posterior_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits + tau * log(pi)` (`tau` = `config.logit_adjusted_loss`): what the logit-adjusted loss fits to
+        the labels; the logits themselves when that is off."""
         tau = self.config.logit_adjusted_loss
-        if tau:
-            logits = logits.float() + tau * self.labeled_class_frequencies().log().view(1, -1, 1, 1)
-        return pixel_cross_entropy(logits, labels, self.config.ignore_index)
+        if not tau:
+            return logits
+        return logits.float() + tau * self.labeled_class_frequencies().log().view(1, -1, 1, 1)
+
+    def labeled_cross_entropy(self, logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+        """`L_x`: [`pixel_cross_entropy`] of the student's [`posterior_logits`]."""
+        return pixel_cross_entropy(self.posterior_logits(logits), labels, self.config.ignore_index)
+
+    def unlabeled_cross_entropy(self, logits: torch.Tensor, target: PseudoLabels) -> torch.Tensor:
+        """An unlabeled term: [`pixel_cross_entropy`] over the confident pseudo-labels, of the [`posterior_logits`]
+        with `config.logit_adjusted_unlabeled_loss`, else of the logits."""
+        if self.config.logit_adjusted_unlabeled_loss:
+            logits = self.posterior_logits(logits)
+        return pixel_cross_entropy(logits, target.labels, self.config.ignore_index, target.confident)
 
     @torch.no_grad()
     def cap_confident_share(
@@ -358,7 +372,6 @@ class MaskMatchObjective(nn.Module):
         """Student passes and their losses; each kind of view is its own BatchNorm batch."""
         config = self.config
         components = config.components
-        ignore_index = config.ignore_index
         batch_u, _, height, width = weak.shape
         augment = {
             "image_mean": config.image_mean,
@@ -388,10 +401,7 @@ class MaskMatchObjective(nn.Module):
         with frozen_batchnorm_statistics(self.student, enabled=not config.unlabeled_updates_bn_stats):
             strong_logits = self.student(pixel_values=torch.cat(strong_views)).logits.split(batch_u)
             terms["loss_s"] = torch.stack(
-                [
-                    pixel_cross_entropy(logits, target.labels, ignore_index, target.confident)
-                    for logits, target in zip(strong_logits, strong_targets)
-                ]
+                [self.unlabeled_cross_entropy(logits, target) for logits, target in zip(strong_logits, strong_targets)]
             ).mean()
             if components.masked_modeling:
                 num_masked = config.num_masked_images(batch_u)
@@ -399,12 +409,12 @@ class MaskMatchObjective(nn.Module):
                     num_masked, height, width, config.mask_patch_size, config.mask_ratio, generator, weak.device
                 )
                 masked_logits = self.student(pixel_values=mask_images(first_strong[:num_masked], hidden)).logits
-                terms["loss_mask"] = pixel_cross_entropy(
-                    masked_logits, pseudo.labels[:num_masked], ignore_index, pseudo.confident[:num_masked]
+                terms["loss_mask"] = self.unlabeled_cross_entropy(
+                    masked_logits, PseudoLabels(pseudo.labels[:num_masked], pseudo.confident[:num_masked])
                 )
             if components.feature_perturbation:
                 perturbed_logits = self.student(pixel_values=weak, feature_perturbation=True).logits
-                terms["loss_fp"] = pixel_cross_entropy(perturbed_logits, pseudo.labels, ignore_index, pseudo.confident)
+                terms["loss_fp"] = self.unlabeled_cross_entropy(perturbed_logits, pseudo)
         return terms
 
     @torch.no_grad()

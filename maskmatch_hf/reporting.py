@@ -155,6 +155,7 @@ def _describe_class_balance(config: MaskMatchConfig) -> str:
     """The class-balance corrections the run trained with (0 is off)."""
     corrections = {
         "logit-adjusted labeled loss (tau {:g})": config.logit_adjusted_loss,
+        "pseudo-labels and unlabeled losses in its posterior frame": config.logit_adjusted_unlabeled_loss,
         "teacher logit adjustment (tau {:g})": config.logit_adjustment,
         "distribution alignment (tau {:g})": config.distribution_alignment,
         "confident share capped at {:g}x the labeled share": config.confident_share_cap,

@@ -422,6 +422,43 @@ def test_logit_adjusted_loss_adds_tau_log_prior_to_the_labeled_logits_only(prese
             assert logs[term] == pytest.approx(plain[term])
 
 
+def test_logit_adjusted_unlabeled_loss_puts_pseudo_labels_and_unlabeled_terms_in_the_posterior_frame(monkeypatch):
+    """The teacher's argmax and confidence come from `log p + tau log pi`, and each unlabeled term is the
+    cross-entropy of the student's `logits + tau log pi`, as `L_x`."""
+    tau = 0.5
+    model = tiny_model(
+        preset="maskmatch", confidence_threshold=0.6, logit_adjusted_loss=tau, logit_adjusted_unlabeled_loss=True
+    )
+    objective = MaskMatchObjective(model).train()
+    probs = torch.zeros(B, NUM_LABELS, H, W)
+    probs[:, 0], probs[:, 1] = 0.45, 0.55  # the balanced teacher prefers class 1 by a little ...
+    monkeypatch.setattr(objective, "teacher_probabilities", lambda pixel_values: probs)
+    labels = torch.zeros(B, H, W, dtype=torch.long)
+    labels[:, :4] = 1  # ... which is 1/8 of the labeled pixels (class 0: 7/8)
+    student = []
+    model.register_forward_hook(
+        lambda module, args, output: student.append(output.logits) if torch.is_grad_enabled() else None
+    )
+    logs = run(objective, labels=labels).logs
+    names = objective.config.id2label
+    prior = objective.labeled_class_frequencies()
+    posterior = (probs[0, :, 0, 0].log() + tau * prior.log()).softmax(0)
+    assert posterior.argmax() == 0 and posterior[0] > 0.6  # 0.45 * (7/8) ** 0.5 beats 0.55 * (1/8) ** 0.5
+    torch.testing.assert_close(objective.adjusted_probabilities(probs)[0, :, 0, 0], posterior)
+    assert logs[f"confident_ratio/{names[0]}"] == 1 and logs[f"confident_ratio/{names[1]}"] == 0
+    masked_logits = student[-1]
+    target = torch.zeros(B, H, W, dtype=torch.long)
+    expected = nn.functional.cross_entropy(masked_logits + tau * prior.log().view(1, -1, 1, 1), target)
+    assert logs["loss_mask"] == pytest.approx(expected.item(), rel=1e-5)
+    plain = nn.functional.cross_entropy(masked_logits, target)
+    assert abs(plain.item() - expected.item()) > 1e-3  # the adjustment matters here
+
+
+def test_logit_adjusted_unlabeled_loss_needs_the_logit_adjusted_loss():
+    with pytest.raises(ValueError, match="`logit_adjusted_unlabeled_loss` needs the logit-adjusted loss"):
+        tiny_model(preset="maskmatch", logit_adjusted_loss=0.0, logit_adjusted_unlabeled_loss=True)
+
+
 def test_default_teacher_is_one_pass_over_the_weak_views():
     """Single scale, no flip by default (issue 10: the 3-scale ensemble cost 3.3x for no better pseudo-labels)."""
     model = tiny_model(preset="maskmatch")

@@ -76,6 +76,7 @@ FLAG_DEFAULTS = {
     "class_threshold_momentum": None,
     "logit_adjustment": None,
     "logit_adjusted_loss": None,
+    "logit_adjusted_unlabeled_loss": None,
     "distribution_alignment": None,
     "distribution_alignment_momentum": None,
     "confident_share_cap": None,
