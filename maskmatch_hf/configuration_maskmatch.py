@@ -113,12 +113,13 @@ class MaskMatchConfig(PreTrainedConfig):
             rare classes. 0 turns it off; 1 is ReMixMatch's.
         distribution_alignment_momentum (`float`, defaults to 0.99):
             Momentum of `p_bar` (one update per step, bias-corrected as Adam's moments).
-        confident_share_cap (`float`, defaults to 0.0):
+        confident_share_cap (`float`, defaults to 1.0):
             A guard against one class's pseudo-labels drifting (confirmation bias): in each teacher batch, the
             confident pixels pseudo-labeled as class `c` are at most `confident_share_cap * pi_c` of its real pixels,
-            `pi` the labeled pixels' class frequencies; past that, only the most confident ones count. On CamVid the
-            confident `fence` pseudo-labels drifted well past fence's labeled share, at falling precision (README
-            Results). 0 turns it off; not yet measured in training.
+            `pi` the labeled pixels' class frequencies; past that, only the most confident ones count. On CamVid 1/8
+            (6400 steps) the precision of the confident `fence` pseudo-labels fell to 0.47 without it; with 1.0
+            it ended at 0.785 on the same seed, and val mIoU rose on both seeds run (61.07 vs 58.81, 62.19 vs
+            62.05; README Results). 0 turns it off.
         unlabeled_rampup_steps (`int`, defaults to 0):
             The unlabeled loss weights (`lambda_s`, `lambda_mask`, `lambda_fp`) ramp linearly from 0 at step 0 to
             their full value at this step, while the teacher is still poor. 0 means full weight from the start.
@@ -164,7 +165,7 @@ class MaskMatchConfig(PreTrainedConfig):
     logit_adjusted_unlabeled_loss: bool = False
     distribution_alignment: float | int = 0.0
     distribution_alignment_momentum: float | int = 0.99
-    confident_share_cap: float | int = 0.0
+    confident_share_cap: float | int = 1.0
     unlabeled_rampup_steps: int = 0
     lambda_s: float | int = 1.0
     lambda_mask: float | int = 0.5

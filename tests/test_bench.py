@@ -104,12 +104,14 @@ def test_results_table_recipe_names_only_settings_the_preset_uses():
     results = Path(__file__).resolve().parents[1] / "bench" / "results"
     record = json.loads((results / "1_8-fixmatch-seed1-fixed-cpu-2500.json").read_text())
     old_ensemble = {**record["maskmatch_config"], "ensemble_scales": [0.75, 1.0, 1.25], "mask_patch_size": 8}
-    # The record predates `logit_adjusted_loss` (default 0.5 since): it ran without, in every preset.
+    # The record predates `logit_adjusted_loss` (default 0.5 since) and the confident share cap (default 1 since):
+    # it ran without them; the cap never touches `supervised`.
     without_laloss = ["--logit_adjusted_loss", "0.0"]
-    maskmatch_recipe = ["--mask_patch_size", "8", "--ensemble_scales", "0.75", "1.0", "1.25", *without_laloss]
+    without_both = [*without_laloss, "--confident_share_cap", "0.0"]
+    maskmatch_recipe = ["--mask_patch_size", "8", "--ensemble_scales", "0.75", "1.0", "1.25", *without_both]
     for preset, expected in (
         ("supervised", without_laloss),
-        ("fixmatch", without_laloss),
+        ("fixmatch", without_both),
         ("maskmatch", maskmatch_recipe),
     ):
         assert results_table.recipe({**record, "preset": preset, "maskmatch_config": old_ensemble}) == expected

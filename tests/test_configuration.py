@@ -15,6 +15,9 @@ def test_defaults_follow_the_design():
     # Single-scale teacher by default: the 3-scale ensemble costs 3.3x for no better pseudo-labels (issue 10).
     assert config.ensemble_scales == [1.0] and config.ensemble_flip is False
     assert config.confidence_threshold == 0.95 and config.ignore_index == 255
+    # The guard against pseudo-label drift: measured on CamVid 1/8, two seeds (README Results).
+    assert config.confident_share_cap == 1.0 and config.mask_batch_fraction == 1.0
+    assert config.logit_adjusted_unlabeled_loss is False
     assert config.teacher == "shared" and config.ema_momentum == 0.999
     assert config.cutmix_prob == 0.5 and config.color_jitter_prob == 0.8
     assert config.grayscale_prob == 0.2 and config.blur_prob == 0.5
