@@ -47,7 +47,7 @@ from .objective import MaskMatchObjective
 from .pipeline_maskmatch import save_pipeline
 from .reporting import TrainingHistory, plot_training_curves, write_model_card
 from .segmenters import load_model_for_training, minimum_input_side, minimum_pass_batch_size, pretrained_id2label
-from .training_args import LoopArguments, TrainArguments, parse_args, validate_arguments
+from .training_args import MASKMATCH_FIELDS, LoopArguments, TrainArguments, parse_args, validate_arguments
 
 logger = get_logger(__name__)
 
@@ -56,6 +56,8 @@ BEST_MODEL_DIR = "best_model"
 # Written into a training state after `accelerator.save_state` returns: a state without it was cut short.
 STATE_MARKER = "state_complete.json"
 LEGACY_STATE_MARKER = "history.json"  # its name in states saved before 0.2; still accepted
+# The MaskMatch hyperparameters a training state was saved with, checked when it is resumed.
+STATE_RECIPE = "maskmatch_recipe.json"
 # What `accelerator.save_state` writes for this trainer (weights in either format); the marker comes last.
 STATE_FILES = (f"{OPTIMIZER_NAME}.bin", f"{SCHEDULER_NAME}.bin", "custom_checkpoint_0.pkl")
 
@@ -255,6 +257,28 @@ def check_pass_batch_sizes(args: TrainArguments, config: MaskMatchConfig) -> Non
         raise MaskMatchUsageError(
             f"{problem}, and this segmenter needs at least {minimum} per pass (UperNet's pyramid pooling normalizes "
             "1x1 maps with BatchNorm): use larger per-device batches."
+        )
+
+
+def recipe(config: MaskMatchConfig) -> dict[str, Any]:
+    """The MaskMatch hyperparameters of `config`, as JSON values."""
+    return json.loads(json.dumps({name: getattr(config, name) for name in MASKMATCH_FIELDS}))
+
+
+def check_resumed_recipe(state_dir: Path, config: MaskMatchConfig) -> None:
+    """Refuses to resume a training state under other MaskMatch hyperparameters than it was saved with (a default
+    changed since, or a flag left out): the run would not continue exactly. Older states hold no record and resume
+    unchecked."""
+    path = state_dir / STATE_RECIPE
+    if not path.is_file():
+        return
+    saved, current = json.loads(path.read_text()), recipe(config)
+    changed = [name for name in current if name in saved and saved[name] != current[name]]
+    if changed:
+        differences = ", ".join(f"--{name} {saved[name]} (now {current[name]})" for name in changed)
+        raise MaskMatchUsageError(
+            f"Training state {state_dir} was saved with {differences}: pass the saved values to resume it exactly, "
+            "or start again with --overwrite_output_dir."
         )
 
 
@@ -493,6 +517,7 @@ def evaluate_and_checkpoint(run: TrainingRun, completed: int) -> None:
         state_dir = run.output_dir / f"{CHECKPOINT_PREFIX}{completed}"
         accelerator.save_state(str(state_dir))
         if accelerator.is_main_process:
+            (state_dir / STATE_RECIPE).write_text(json.dumps(recipe(run.student.config), indent=1))
             (state_dir / STATE_MARKER).write_text(json.dumps({"step": completed}))
             prune_checkpoints(run.output_dir, training.checkpoints_total_limit)
         accelerator.wait_for_everyone()
@@ -522,6 +547,7 @@ def train(args: TrainArguments) -> dict[str, Any]:
     # The loaders' iterators draw from the global RNG: build them before `load_state` restores it.
     loaders = build_loaders(args, data, model.config, accelerator, start_step)
     if resume is not None:
+        check_resumed_recipe(resume[0], model.config)
         accelerator.print(f"Resuming from {resume[0]} (step {start_step})")
         accelerator.load_state(str(resume[0]))
     if training.with_tracking:

@@ -100,6 +100,22 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(camvid_like, tmp_path
     assert history == json.loads((tmp_path / "straight" / "training_history.json").read_text())
 
 
+def test_resume_under_other_hyperparameters_is_refused_naming_them(camvid_like, tmp_path, capsys):
+    """A state resumed after a default changed (or with a flag left out) would not continue exactly."""
+    output_dir = tmp_path / "out"
+    common = ("--max_train_steps", "2", "--checkpointing_steps", "2", "--confident_share_cap", "1")
+    main(train_argv(camvid_like, output_dir, *common))
+    assert json.loads((output_dir / "step_2" / "maskmatch_recipe.json").read_text())["confident_share_cap"] == 1
+    resumed = ("--max_train_steps", "4", "--resume_from_checkpoint", "latest")
+    capsys.readouterr()
+    assert main(train_argv(camvid_like, output_dir, *resumed, "--confident_share_cap", "0")) == 1
+    message = capsys.readouterr().err
+    assert "was saved with --confident_share_cap 1.0 (now 0.0)" in message and "Traceback" not in message
+    assert not (output_dir / "step_4").exists()
+    main(train_argv(camvid_like, output_dir, *common[2:], *resumed))  # the saved values: resumed
+    assert (output_dir / "step_4").is_dir()
+
+
 def test_polynomial_schedule_decays_each_group_from_its_own_base_lr():
     argv = ["--dataset_name", "x", "--output_dir", "o", "--max_train_steps", "20", "--learning_rate", "3e-4"]
     args = parse_args([*argv, "--num_warmup_steps", "0.1"]).training
