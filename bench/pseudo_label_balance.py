@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         print("\nper class, confident recall / precision (argmax recall / precision), %:\n")
         print("| class | labeled share | unlabeled share | " + " | ".join(f"tau {tau:g}" for tau in results) + " |")
         print("|---|---|---|" + "---|" * len(results))
-        every = next(iter(results.values()))[0]
-        unlabeled_share = every.sum(1) / every.sum()
+        all_pixels = next(iter(results.values()))[0]  # true x pseudo-label, the same true labels for every tau
+        unlabeled_share = all_pixels.sum(1) / all_pixels.sum()
         for index, name in enumerate(names):
             cells = []
             for every, sure in results.values():

@@ -236,14 +236,13 @@ def check_crop_size(args: TrainArguments, config: MaskMatchConfig) -> int:
 def check_pass_batch_sizes(args: TrainArguments, config: MaskMatchConfig) -> None:
     """Checks that every student pass (each its own BatchNorm batch) holds enough images for the segmenter."""
     minimum = minimum_pass_batch_size(config.segmenter_config)
-    training = args.training
+    training, components = args.training, config.components
     labeled = training.per_device_train_batch_size
     problem = None
     if labeled < minimum:
         problem = f"--per_device_train_batch_size {labeled} puts {labeled} image in the labeled pass"
-    elif config.components.unlabeled:
+    elif components.unlabeled:
         unlabeled = training.per_device_unlabeled_batch_size or labeled
-        components = config.components
         passes = {"strong-view": components.strong_views * unlabeled}
         if components.feature_perturbation:
             passes["feature-perturbed"] = unlabeled
@@ -532,6 +531,8 @@ def train(args: TrainArguments) -> dict[str, Any]:
     start_step = resume[1] if resume is not None else 0
     set_seed(training.seed)
     data, model = load_data_and_model(args, accelerator)
+    if resume is not None:
+        check_resumed_recipe(resume[0], model.config)
 
     objective = MaskMatchObjective(model)
     optimizer = torch.optim.AdamW(
@@ -547,7 +548,6 @@ def train(args: TrainArguments) -> dict[str, Any]:
     # The loaders' iterators draw from the global RNG: build them before `load_state` restores it.
     loaders = build_loaders(args, data, model.config, accelerator, start_step)
     if resume is not None:
-        check_resumed_recipe(resume[0], model.config)
         accelerator.print(f"Resuming from {resume[0]} (step {start_step})")
         accelerator.load_state(str(resume[0]))
     if training.with_tracking:
