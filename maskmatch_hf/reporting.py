@@ -265,7 +265,7 @@ def write_model_card(
         repo_id=repo_id,
         dataset=f"`{dataset}`" if dataset else "its dataset",
         segmenter=config.segmenter_config.model_type,
-        backbone=f" with a {backbone_config.model_type} backbone" if backbone_config is not None else "",
+        backbone=f" on the `{backbone_config.model_type}` backbone" if backbone_config is not None else "",
         results=[{"split": eval_split, "miou": f"{100 * miou:.2f}", "step": results.get("best_step")}]
         if miou is not None
         else [],
