@@ -62,6 +62,9 @@ def test_model_card_from_typed_arguments(tmp_path):
     assert "me/streets-maskmatch" in card and "- someone/streets" in card and "12.5% of `train`" in card
     assert "x0.5" in card and "non-commercial" not in card
     assert "| class balance | logit-adjusted labeled loss (tau 0.5) |" in card  # the default
+    assert "A semantic segmenter (`segformer`) trained with" in card
+    upernet_card = write_model_card(tmp_path, tiny_model("upernet").config, results, args).read_text()
+    assert "A semantic segmenter (`upernet` on the `resnet` backbone) trained with" in upernet_card
     supervised = parse_args(["--dataset_name", "d", "--output_dir", "o", "--labeled_ids", "ids/labeled.txt"])
     config.logit_adjusted_loss, config.distribution_alignment = 0.0, 1.0
     card = write_model_card(tmp_path, config, {"train_steps": 2}, supervised).read_text()
