@@ -163,6 +163,18 @@ def _describe_class_balance(config: MaskMatchConfig) -> str:
     return ", ".join(name.format(value) for name, value in corrections.items() if value) or "none"
 
 
+def _describe_masked_view(config: MaskMatchConfig) -> str:
+    """The masked view the student trained on, in words ("none" for presets without masked modeling)."""
+    if not config.components.masked_modeling:
+        return "none"
+    images = (
+        "every unlabeled image"
+        if config.mask_batch_fraction == 1
+        else f"the first {config.mask_batch_fraction:.0%} of each unlabeled batch"
+    )
+    return f"{config.mask_ratio:.0%} of the {config.mask_patch_size} px patches hidden, in {images}"
+
+
 def _dataset_id(dataset_name: str | None) -> str | None:
     """The dataset's Hub id, or the folder name of a local dataset."""
     if not dataset_name:
@@ -228,9 +240,7 @@ def _recipe(config: MaskMatchConfig, results: dict[str, Any], args: TrainArgumen
         "class_thresholds": config.class_thresholds,
         "rampup": config.unlabeled_rampup_steps,
         "teacher_scales": config.teacher_scales,
-        "mask_ratio": config.mask_ratio,
-        "mask_patch_size": config.mask_patch_size,
-        "mask_batch_fraction": config.mask_batch_fraction,
+        "masked_view": _describe_masked_view(config),
         "lambda_s": config.lambda_s,
         "lambda_mask": config.lambda_mask,
         "lambda_fp": config.lambda_fp,
