@@ -250,7 +250,9 @@ def test_both_segmenters_train_on_a_fixed_batch(segmenter):
         output.loss.backward()
         optimizer.step()
         losses.append(output.logs["loss_x"])
-    assert losses[-1] < 0.85 * losses[0], losses
+    # Without training the replayed step would give the same loss every time. The tiny UperNet's loss_x falls by
+    # 14-16% in 30 steps depending on the CPU's kernels (0.858 of the first on an AVX-512 EPYC), hence 0.9.
+    assert losses[-1] < 0.9 * losses[0], losses
 
 
 def student_logits_by_pass(objective: MaskMatchObjective) -> list[torch.Tensor]:

@@ -109,9 +109,12 @@ def test_tta_goes_through_the_multiscale_ensemble(trained, monkeypatch):
     pixel_values = image_processor(images=image, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         expected = model.ensemble_probabilities(pixel_values, scales=(0.5, 1.0), flip=True)[0].argmax(0).numpy()
+        single_scale = model.ensemble_probabilities(pixel_values)[0].argmax(0).numpy()
         logits = model(pixel_values=pixel_values).logits[0]
     np.testing.assert_array_equal(tta, expected)
-    np.testing.assert_array_equal(plain, logits.argmax(0).numpy())
+    np.testing.assert_array_equal(plain, single_scale)
+    # The argmax of the softmax, not of the logits: a near-tie may break the other way (1 pixel in 3072 on one CPU).
+    assert (plain == logits.argmax(0).numpy()).mean() > 0.99
 
 
 def test_stock_tta_averages_like_the_maskmatch_ensemble(segmenter):
