@@ -103,7 +103,8 @@ class MaskMatchConfig(PreTrainedConfig):
             same adjusted logits, as `L_x` does. The model's own logits stay the balanced classifier used at
             inference. Off, pseudo-labels come from the balanced logits themselves, which favour rare classes: more
             of their pixels pass the threshold, at lower precision (`bench/pseudo_label_balance.py --taus -0.5 0`
-            scores both: `tau -0.5` is this frame).
+            scores both: `tau -0.5` is this frame). Trained on CamVid 1/8 (one seed) it ended 1 mIoU below the
+            default: the rare classes got half as many confident pseudo-labels.
         distribution_alignment (`float`, defaults to 0.0):
             `tau` of distribution alignment (ReMixMatch, Berthelot et al., 2020): the teacher's probabilities are
             multiplied by `(pi / p_bar) ** tau` and renormalized before the argmax and the confidence, `pi` the
