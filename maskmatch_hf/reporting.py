@@ -170,9 +170,9 @@ def _describe_masked_view(config: MaskMatchConfig) -> str:
     images = (
         "every unlabeled image"
         if config.mask_batch_fraction == 1
-        else f"the first {config.mask_batch_fraction:.0%} of each unlabeled batch"
+        else f"the first {100 * config.mask_batch_fraction:g}% of each unlabeled batch"
     )
-    return f"{config.mask_ratio:.0%} of the {config.mask_patch_size} px patches hidden, in {images}"
+    return f"{100 * config.mask_ratio:g}% of the {config.mask_patch_size} px patches hidden, in {images}"
 
 
 def _dataset_id(dataset_name: str | None) -> str | None:
