@@ -106,12 +106,6 @@ def minimum_input_side(segmenter_config: PreTrainedConfig) -> int:
     return next(side for side in itertools.count(1) if fits(side))
 
 
-def minimum_pass_batch_size(segmenter_config: PreTrainedConfig) -> int:
-    """The fewest images one training pass may hold: 2 for UperNet, whose pyramid pooling module normalizes
-    1x1 maps with BatchNorm (batch statistics of one value per channel are undefined), else 1."""
-    return 2 if isinstance(segmenter_config, UperNetConfig) else 1
-
-
 def load_model_for_training(
     model_name_or_path: str | None,
     id2label: dict[int, str],

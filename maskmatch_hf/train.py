@@ -46,7 +46,7 @@ from .modeling_maskmatch import MaskMatchForSemanticSegmentation
 from .objective import MaskMatchObjective
 from .pipeline_maskmatch import save_pipeline
 from .reporting import TrainingHistory, plot_training_curves, write_model_card
-from .segmenters import load_model_for_training, minimum_input_side, minimum_pass_batch_size, pretrained_id2label
+from .segmenters import load_model_for_training, minimum_input_side, pretrained_id2label
 from .training_args import MASKMATCH_FIELDS, LoopArguments, TrainArguments, parse_args, validate_arguments
 
 logger = get_logger(__name__)
@@ -234,8 +234,9 @@ def check_crop_size(args: TrainArguments, config: MaskMatchConfig) -> int:
 
 
 def check_pass_batch_sizes(args: TrainArguments, config: MaskMatchConfig) -> None:
-    """Checks that every student pass (each its own BatchNorm batch) holds enough images for the segmenter."""
-    minimum = minimum_pass_batch_size(config.segmenter_config)
+    """Checks that every student pass (each its own BatchNorm batch) holds enough images for the segmenter. The
+    masked-view pass needs no check: it takes at least that many images of the batch (`num_masked_images`)."""
+    minimum = config.minimum_pass_batch_size
     training, components = args.training, config.components
     labeled = training.per_device_train_batch_size
     problem = None
@@ -246,12 +247,9 @@ def check_pass_batch_sizes(args: TrainArguments, config: MaskMatchConfig) -> Non
         passes = {"strong-view": components.strong_views * unlabeled}
         if components.feature_perturbation:
             passes["feature-perturbed"] = unlabeled
-        if components.masked_modeling:
-            passes["masked-view"] = config.num_masked_images(unlabeled)
         name, size = min(passes.items(), key=lambda item: item[1])
         if size < minimum:
-            fraction = f" and --mask_batch_fraction {config.mask_batch_fraction}" if name == "masked-view" else ""
-            problem = f"an unlabeled batch of {unlabeled}{fraction} puts {size} image in the {name} pass"
+            problem = f"an unlabeled batch of {unlabeled} puts {size} image in the {name} pass"
     if problem:
         raise MaskMatchUsageError(
             f"{problem}, and this segmenter needs at least {minimum} per pass (UperNet's pyramid pooling normalizes "

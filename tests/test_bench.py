@@ -50,11 +50,11 @@ def test_step_cost_trains_the_masked_view_of_the_batch_fraction_it_is_given(camv
 
     argv = ["--camvid", str(camvid_split), "--presets", "maskmatch", "--steps", "1", "--warmup", "0", "--modes",
             "fp32", "--crop_size", "32", "--batch_size", "4", "--upernet_hidden_size", "8"]  # fmt: skip
-    step_cost.main([*argv, "--mask_batch_fraction", "0.5"])  # 2 images: UperNet's fewest per pass
+    step_cost.main([*argv, "--mask_batch_fraction", "1.0"])
     printed = capsys.readouterr().out
-    assert "mask_batch_fraction 0.5," in printed and "| student masked: backward |" in printed
+    assert "mask_batch_fraction 1.0," in printed and "| student masked: backward |" in printed
     step_cost.main(argv)
-    assert "mask_batch_fraction 1.0," in capsys.readouterr().out  # the config's default
+    assert "mask_batch_fraction 0.5," in capsys.readouterr().out  # the config's default
 
 
 def test_teacher_ensemble_scores_each_ensemble(camvid_split, tmp_path, capsys):
@@ -105,10 +105,12 @@ def test_results_table_recipe_names_only_settings_the_preset_uses():
     record = json.loads((results / "1_8-fixmatch-seed1-fixed-cpu-2500.json").read_text())
     old_ensemble = {**record["maskmatch_config"], "ensemble_scales": [0.75, 1.0, 1.25], "mask_patch_size": 8}
     # The record predates `logit_adjusted_loss` (default 0.5 since) and the confident share cap (default 1 since):
-    # it ran without them; the cap never touches `supervised`.
+    # it ran without them; the cap never touches `supervised`. It masked every unlabeled image (the fraction's
+    # default is 0.5 since).
     without_laloss = ["--logit_adjusted_loss", "0.0"]
     without_both = [*without_laloss, "--confident_share_cap", "0.0"]
-    maskmatch_recipe = ["--mask_patch_size", "8", "--ensemble_scales", "0.75", "1.0", "1.25", *without_both]
+    maskmatch_recipe = ["--mask_patch_size", "8", "--mask_batch_fraction", "1.0", "--ensemble_scales", "0.75", "1.0",
+                        "1.25", *without_both]  # fmt: skip
     for preset, expected in (
         ("supervised", without_laloss),
         ("fixmatch", without_both),

@@ -107,15 +107,11 @@ def test_invalid_hyperparameter_and_crop_too_small_for_the_model(camvid_like, tm
     [
         (["--per_device_train_batch_size", "1"], "--per_device_train_batch_size 1 puts 1 image in the labeled pass"),
         (
-            ["--per_device_unlabeled_batch_size", "4", "--mask_batch_fraction", "0.25"],
-            "an unlabeled batch of 4 and --mask_batch_fraction 0.25 puts 1 image in the masked-view pass",
-        ),
-        (
             ["--preset", "unimatch", "--per_device_unlabeled_batch_size", "1"],
             "an unlabeled batch of 1 puts 1 image in the feature-perturbed pass",
         ),
     ],
-    ids=["labeled", "masked", "feature-perturbed"],
+    ids=["labeled", "feature-perturbed"],
 )
 def test_upernet_pass_of_one_image_is_refused_before_training(
     camvid_like, tmp_path, capsys, no_training_step, flags, expected

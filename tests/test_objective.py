@@ -79,7 +79,8 @@ def test_each_preset_turns_on_exactly_its_terms(preset):
     assert {call["size"] for call in teacher_calls} == expected_sizes
     # One BatchNorm batch per kind of view: labeled, strong (CutMix), masked, feature-perturbed weak views.
     passes = [(B, False), (components.strong_views * B, False)]
-    passes += [(B, False)] * components.masked_modeling + [(B, True)] * components.feature_perturbation
+    masked = (model.config.num_masked_images(B), False)  # the first half of the batch by default
+    passes += [masked] * components.masked_modeling + [(B, True)] * components.feature_perturbation
     assert [(call["batch"], call["fp"]) for call in student_calls] == passes
 
 
@@ -273,12 +274,15 @@ def test_strong_views_are_normalized_apart_from_masked_views():
     torch.testing.assert_close(maskmatch[1], fixmatch[1])
 
 
-@pytest.mark.parametrize(("fraction", "num_masked"), [(1.0, 4), (0.5, 2), (0.3, 2), (0.1, 1)])
-def test_mask_batch_fraction_trains_the_masked_view_of_the_first_images(monkeypatch, fraction, num_masked):
-    """The masked pass holds the first `ceil(fraction * B_u)` strong views, masked, and `L_mask` is their loss
-    against those images' pseudo-labels; the other terms see the whole batch."""
+@pytest.mark.parametrize(
+    ("segmenter", "fraction", "num_masked"),
+    [("segformer", 1.0, 4), ("segformer", 0.5, 2), ("segformer", 0.3, 2), ("segformer", 0.1, 1), ("upernet", 0.1, 2)],
+)
+def test_mask_batch_fraction_trains_the_masked_view_of_the_first_images(monkeypatch, segmenter, fraction, num_masked):
+    """The masked pass holds the first `ceil(fraction * B_u)` strong views (UperNet: 2 at least), masked, and
+    `L_mask` is their loss against those images' pseudo-labels; the other terms see the whole batch."""
     batch_u = 4
-    model = tiny_model(preset="maskmatch", mask_batch_fraction=fraction, confidence_threshold=0.65)
+    model = tiny_model(segmenter, preset="maskmatch", mask_batch_fraction=fraction, confidence_threshold=0.65)
     objective = MaskMatchObjective(model).train()
     probs = torch.full((batch_u, NUM_LABELS, H, W), 0.1)
     probs[:, 0] = 0.7
@@ -449,7 +453,7 @@ def test_logit_adjusted_unlabeled_loss_puts_pseudo_labels_and_unlabeled_terms_in
     torch.testing.assert_close(objective.adjusted_probabilities(probs)[0, :, 0, 0], posterior)
     assert logs[f"confident_ratio/{names[0]}"] == 1 and logs[f"confident_ratio/{names[1]}"] == 0
     masked_logits = student[-1]
-    target = torch.zeros(B, H, W, dtype=torch.long)
+    target = torch.zeros(masked_logits.shape[0], H, W, dtype=torch.long)
     expected = nn.functional.cross_entropy(masked_logits + tau * prior.log().view(1, -1, 1, 1), target)
     assert logs["loss_mask"] == pytest.approx(expected.item(), rel=1e-5)
     plain = nn.functional.cross_entropy(masked_logits, target)

@@ -63,7 +63,7 @@ def test_model_card_from_typed_arguments(tmp_path):
     assert "x0.5" in card and "non-commercial" not in card
     assert "| class balance | logit-adjusted labeled loss (tau 0.5) |" in card  # the default
     assert "A semantic segmenter (`segformer`) trained with" in card
-    assert "| masked view | 70% of the 8 px patches hidden, in every unlabeled image |" in card
+    assert "| masked view | 70% of the 8 px patches hidden, in the first 50% of each unlabeled batch |" in card
     upernet_card = write_model_card(tmp_path, tiny_model("upernet").config, results, args).read_text()
     assert "A semantic segmenter (`upernet` on the `resnet` backbone) trained with" in upernet_card
     supervised = parse_args(["--dataset_name", "d", "--output_dir", "o", "--labeled_ids", "ids/labeled.txt"])
@@ -71,9 +71,9 @@ def test_model_card_from_typed_arguments(tmp_path):
     card = write_model_card(tmp_path, config, {"train_steps": 2}, supervised).read_text()
     assert "ids in `labeled.txt`" in card and "model-index:" not in card
     assert "| class balance | distribution alignment (tau 1) |" in card
-    config.mask_batch_fraction = 0.5
+    config.mask_batch_fraction = 1.0
     card = write_model_card(tmp_path, config, {"train_steps": 2}, supervised).read_text()
-    assert "| masked view | 70% of the 8 px patches hidden, in the first 50% of each unlabeled batch |" in card
+    assert "| masked view | 70% of the 8 px patches hidden, in every unlabeled image |" in card
     config.preset = "fixmatch"
     card = write_model_card(tmp_path, config, {"train_steps": 2}, supervised).read_text()
     assert "| masked view | none |" in card
