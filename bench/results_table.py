@@ -29,8 +29,8 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 # Flags that change how the data is loaded, never what is trained: no tag needed, left out of the recipe.
 LOADER_FLAGS = ("--dataloader_num_workers", "--decoded_image_cache_mb")
 RARE = ("pole", "sign_symbol", "fence", "pedestrian", "bicyclist")
-RECIPE_FIELDS = ("class_thresholds", "teacher", "mask_patch_size", "mask_ratio", "mask_batch_fraction",
-                 "ensemble_scales", "unlabeled_rampup_steps", "lambda_mask", "logit_adjustment",
+RECIPE_FIELDS = ("confidence_threshold", "class_thresholds", "teacher", "mask_patch_size", "mask_ratio",
+                 "mask_batch_fraction", "ensemble_scales", "unlabeled_rampup_steps", "lambda_mask", "logit_adjustment",
                  "distribution_alignment", "logit_adjusted_loss", "logit_adjusted_unlabeled_loss",
                  "confident_share_cap")  # fmt: skip
 SUPERVISED_FIELDS = ("logit_adjusted_loss",)  # the recipe settings that also shape the labeled loss

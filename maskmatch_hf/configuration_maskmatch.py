@@ -67,8 +67,9 @@ class MaskMatchConfig(PreTrainedConfig):
             `ceil(mask_batch_fraction * B_u)` images of each batch, and never fewer than `minimum_pass_batch_size`
             (2 with UperNet, whose BatchNorm needs two) up to the whole batch. The masked pass costs as much as any
             other student pass: 0.5 halves it (maskmatch / fixmatch 1.29x a step instead of 1.43x,
-            `bench/step_cost.py`) and kept val mIoU against 1.0 in three pairs of CamVid 1/8 runs (the README's
-            Defaults). 1.0, a masked view of every unlabeled image, is the method as described.
+            `bench/step_cost.py`) and kept val mIoU against 1.0 on average over three pairs of CamVid 1/8 runs (gaps
+            +1.4, -1.6, +0.6: the README's Defaults). 1.0, a masked view of every unlabeled image, is the method as
+            described.
         ensemble_scales (`list[float]`, defaults to `[1.0]`):
             Input scales whose softmaxes the teacher averages (multi-scale presets only), e.g. `[0.75, 1.0, 1.25]`.
             The default is the single-scale teacher: on CamVid the 3-scale ensemble costs 3.3-3.5x its passes for no

@@ -117,6 +117,8 @@ def test_results_table_recipe_names_only_settings_the_preset_uses():
         ("maskmatch", maskmatch_recipe),
     ):
         assert results_table.recipe({**record, "preset": preset, "maskmatch_config": old_ensemble}) == expected
+    threshold_zero = {**record, "maskmatch_config": {**record["maskmatch_config"], "confidence_threshold": 0.0}}
+    assert results_table.recipe(threshold_zero) == ["--confidence_threshold", "0.0", *without_both]
     assert results_table.precision(record) == "fp32"
     assert "--mixed_precision no" in results_table.command(record, [])
     assert results_table.precision({**record, "mixed_precision": "bf16"}) == "bf16"
