@@ -163,14 +163,16 @@ def _describe_class_balance(config: MaskMatchConfig) -> str:
     return ", ".join(name.format(value) for name, value in corrections.items() if value) or "none"
 
 
-def _describe_masked_view(config: MaskMatchConfig) -> str:
-    """The masked view the student trained on, in words ("none" for presets without masked modeling)."""
+def _describe_masked_view(config: MaskMatchConfig, unlabeled_batch_size: int) -> str:
+    """The masked view the student trained on, in words ("none" for presets without masked modeling): how many
+    images of each unlabeled batch, as [`MaskMatchConfig.num_masked_images`] counts them at this batch size."""
     if not config.components.masked_modeling:
         return "none"
+    masked = config.num_masked_images(unlabeled_batch_size)
     images = (
         "every unlabeled image"
-        if config.mask_batch_fraction == 1
-        else f"the first {100 * config.mask_batch_fraction:g}% of each unlabeled batch"
+        if masked == unlabeled_batch_size
+        else f"the first {masked} of the {unlabeled_batch_size} images of each unlabeled batch"
     )
     return f"{100 * config.mask_ratio:g}% of the {config.mask_patch_size} px patches hidden, in {images}"
 
@@ -227,11 +229,12 @@ def _card_data(repo_id: str, dataset: str | None, miou: float | None, eval_split
 def _recipe(config: MaskMatchConfig, results: dict[str, Any], args: TrainArguments) -> dict[str, Any]:
     """The template's training-recipe fields."""
     training = args.training
+    unlabeled_batch_size = training.per_device_unlabeled_batch_size or training.per_device_train_batch_size
     return {
         **_describe_data(args.data, config),
         "steps": results.get("train_steps"),
         "batch_size": training.per_device_train_batch_size,
-        "unlabeled_batch_size": training.per_device_unlabeled_batch_size or training.per_device_train_batch_size,
+        "unlabeled_batch_size": unlabeled_batch_size,
         "resize": _describe_resize(args.data.resize),
         "crop_size": args.data.crop_size,
         "preset": config.preset,
@@ -240,7 +243,7 @@ def _recipe(config: MaskMatchConfig, results: dict[str, Any], args: TrainArgumen
         "class_thresholds": config.class_thresholds,
         "rampup": config.unlabeled_rampup_steps,
         "teacher_scales": config.teacher_scales,
-        "masked_view": _describe_masked_view(config),
+        "masked_view": _describe_masked_view(config, unlabeled_batch_size),
         "lambda_s": config.lambda_s,
         "lambda_mask": config.lambda_mask,
         "lambda_fp": config.lambda_fp,
