@@ -229,7 +229,7 @@ def _card_data(repo_id: str, dataset: str | None, miou: float | None, eval_split
 def _recipe(config: MaskMatchConfig, results: dict[str, Any], args: TrainArguments) -> dict[str, Any]:
     """The template's training-recipe fields."""
     training = args.training
-    unlabeled_batch_size = training.per_device_unlabeled_batch_size or training.per_device_train_batch_size
+    unlabeled_batch_size = training.unlabeled_batch_size
     return {
         **_describe_data(args.data, config),
         "steps": results.get("train_steps"),

@@ -243,7 +243,7 @@ def check_pass_batch_sizes(args: TrainArguments, config: MaskMatchConfig) -> Non
     if labeled < minimum:
         problem = f"--per_device_train_batch_size {labeled} puts {labeled} image in the labeled pass"
     elif components.unlabeled:
-        unlabeled = training.per_device_unlabeled_batch_size or labeled
+        unlabeled = training.unlabeled_batch_size
         passes = {"strong-view": components.strong_views * unlabeled}
         if components.feature_perturbation:
             passes["feature-perturbed"] = unlabeled
@@ -408,9 +408,8 @@ def build_loaders(
     labeled = iter(endless(data.labeled, batch_size, weak(), seed=training.seed, check_example=checks["labeled"]))
     unlabeled = None
     if config.components.unlabeled:
-        unlabeled_batch_size = training.per_device_unlabeled_batch_size or batch_size
         unlabeled = iter(endless(
-            data.unlabeled, unlabeled_batch_size, weak(return_pixel_mask=True), seed=training.seed + 1,
+            data.unlabeled, training.unlabeled_batch_size, weak(return_pixel_mask=True), seed=training.seed + 1,
             check_example=checks["unlabeled"],
         ))  # fmt: skip
     eval_transform = EvalTransform(mean, std, resize=args.data.resize, label_mapping=data.label_mapping)

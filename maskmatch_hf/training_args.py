@@ -238,6 +238,11 @@ class LoopArguments:
         if self.push_to_hub and not self.hub_model_id:
             self.hub_model_id = Path(self.output_dir).name
 
+    @property
+    def unlabeled_batch_size(self) -> int:
+        """Unlabeled images per process and step: `per_device_unlabeled_batch_size`, else the labeled one."""
+        return self.per_device_unlabeled_batch_size or self.per_device_train_batch_size
+
 
 GROUPS = (ModelArguments, DataArguments, MaskMatchArguments, LoopArguments)
 
