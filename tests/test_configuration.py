@@ -17,8 +17,9 @@ def test_defaults_follow_the_design():
     assert config.confidence_threshold == 0.95 and config.ignore_index == 255
     # The guard against pseudo-label drift: measured on CamVid 1/8, two seeds (README Results).
     assert config.confident_share_cap == 1.0
-    # The masked view of half of each unlabeled batch: val mIoU held on three pairs of runs (issue 10).
-    assert config.mask_batch_fraction == 0.5
+    # A masked view of every unlabeled image, the method as described: half the batch ended 1.4 val mIoU lower
+    # at 6400 steps (issue 9).
+    assert config.mask_batch_fraction == 1.0
     assert config.logit_adjusted_unlabeled_loss is False
     assert config.teacher == "shared" and config.ema_momentum == 0.999
     assert config.cutmix_prob == 0.5 and config.color_jitter_prob == 0.8
