@@ -105,18 +105,19 @@ def test_results_table_recipe_names_only_settings_the_preset_uses():
     record = json.loads((results / "1_8-fixmatch-seed1-fixed-cpu-2500.json").read_text())
     old_ensemble = {**record["maskmatch_config"], "ensemble_scales": [0.75, 1.0, 1.25], "mask_patch_size": 8}
     # The record predates `logit_adjusted_loss` (default 0.5 since) and the confident share cap (default 1 since):
-    # it ran without them; the cap never touches `supervised`. It masked every unlabeled image (the fraction's
-    # default is 0.5 since).
+    # it ran without them; the cap never touches `supervised`. It masked every unlabeled image, today's default.
     without_laloss = ["--logit_adjusted_loss", "0.0"]
     without_both = [*without_laloss, "--confident_share_cap", "0.0"]
-    maskmatch_recipe = ["--mask_patch_size", "8", "--mask_batch_fraction", "1.0", "--ensemble_scales", "0.75", "1.0",
-                        "1.25", *without_both]  # fmt: skip
+    maskmatch_recipe = ["--mask_patch_size", "8", "--ensemble_scales", "0.75", "1.0", "1.25", *without_both]
     for preset, expected in (
         ("supervised", without_laloss),
         ("fixmatch", without_both),
         ("maskmatch", maskmatch_recipe),
     ):
         assert results_table.recipe({**record, "preset": preset, "maskmatch_config": old_ensemble}) == expected
+    half_batch = {**old_ensemble, "mask_batch_fraction": 0.5}
+    half_recipe = results_table.recipe({**record, "preset": "maskmatch", "maskmatch_config": half_batch})
+    assert half_recipe == [*maskmatch_recipe[:2], "--mask_batch_fraction", "0.5", *maskmatch_recipe[2:]]
     threshold_zero = {**record, "maskmatch_config": {**record["maskmatch_config"], "confidence_threshold": 0.0}}
     assert results_table.recipe(threshold_zero) == ["--confidence_threshold", "0.0", *without_both]
     assert results_table.precision(record) == "fp32"
