@@ -63,12 +63,17 @@ def test_model_card_from_typed_arguments(tmp_path):
     assert "x0.5" in card and "non-commercial" not in card
     assert "| class balance | logit-adjusted labeled loss (tau 0.5) |" in card  # the default
     assert "A semantic segmenter (`segformer`) trained with" in card
+    assert "| masked view | 70% of the 8 px patches hidden, in every unlabeled image |" in card  # the default
+    config.mask_batch_fraction = 0.5
+    card = write_model_card(tmp_path, config, results, args).read_text()
     assert "| masked view | 70% of the 8 px patches hidden, in the first 4 of the 8 images of each unlabeled" in card
-    upernet_card = write_model_card(tmp_path, tiny_model("upernet").config, results, args).read_text()
+    upernet_config = tiny_model("upernet").config
+    upernet_card = write_model_card(tmp_path, upernet_config, results, args).read_text()
     assert "A semantic segmenter (`upernet` on the `resnet` backbone) trained with" in upernet_card
-    # With 2 unlabeled images a pass, UperNet's BatchNorm needs both in the masked pass: the card says so.
+    # With 2 unlabeled images a pass, UperNet's BatchNorm needs both in the masked pass even at half the batch.
+    upernet_config.mask_batch_fraction = 0.5
     args.training.per_device_unlabeled_batch_size = 2
-    upernet_card = write_model_card(tmp_path, tiny_model("upernet").config, results, args).read_text()
+    upernet_card = write_model_card(tmp_path, upernet_config, results, args).read_text()
     assert "| masked view | 70% of the 8 px patches hidden, in every unlabeled image |" in upernet_card
     supervised = parse_args(["--dataset_name", "d", "--output_dir", "o", "--labeled_ids", "ids/labeled.txt"])
     config.logit_adjusted_loss, config.distribution_alignment = 0.0, 1.0
