@@ -45,6 +45,7 @@ ADDED_LATER = {
 }
 BN_FLAG = "--segmenter_config"
 SCHEDULE_FLAGS = ("--checkpointing_steps", "--eval_steps")
+UNLABELED_TRAINING_FLAGS = ("--per_device_unlabeled_batch_size",)  # shape what is learned, not in the config
 
 
 def default_bn_momentum(commit: str) -> float:
@@ -102,16 +103,23 @@ def recipe(record: dict) -> list[str]:
         momentum = default_bn_momentum(record["git_commit"])
     if momentum != EfficientNetLiteConfig().batch_norm_momentum:
         flags += [BN_FLAG, json.dumps({"backbone_config": {"batch_norm_momentum": momentum}})]
+    if MaskMatchConfig(preset=record["preset"]).components.unlabeled:
+        flags += given_flags(record, UNLABELED_TRAINING_FLAGS)
+    return flags
+
+
+def given_flags(record: dict, names: tuple[str, ...]) -> list[str]:
+    """The flags among `names` (each with its value) given after `--` to the run."""
+    extra, flags = extra_flags(record), []
+    for flag in names:
+        if flag in extra:
+            flags += extra[extra.index(flag) : extra.index(flag) + 2]
     return flags
 
 
 def schedule_flags(record: dict) -> list[str]:
     """Extra flags that change when the run evaluates or saves, not what it learns (kept in its command)."""
-    extra, flags = extra_flags(record), []
-    for flag in SCHEDULE_FLAGS:
-        if flag in extra:
-            flags += extra[extra.index(flag) : extra.index(flag) + 2]
-    return flags
+    return given_flags(record, SCHEDULE_FLAGS)
 
 
 def precision(record: dict) -> str:

@@ -118,6 +118,13 @@ def test_results_table_recipe_names_only_settings_the_preset_uses():
     half_batch = {**old_ensemble, "mask_batch_fraction": 0.5}
     half_recipe = results_table.recipe({**record, "preset": "maskmatch", "maskmatch_config": half_batch})
     assert half_recipe == [*maskmatch_recipe[:2], "--mask_batch_fraction", "0.5", *maskmatch_recipe[2:]]
+    # A training flag that changes what semi-supervised presets learn, with no config field of its own.
+    more_unlabeled = {
+        **record,
+        "bench_command": "python bench/compare_presets.py -- --per_device_unlabeled_batch_size 8",
+    }
+    assert results_table.recipe(more_unlabeled) == [*without_both, "--per_device_unlabeled_batch_size", "8"]
+    assert results_table.recipe({**more_unlabeled, "preset": "supervised"}) == without_laloss
     threshold_zero = {**record, "maskmatch_config": {**record["maskmatch_config"], "confidence_threshold": 0.0}}
     assert results_table.recipe(threshold_zero) == ["--confidence_threshold", "0.0", *without_both]
     assert results_table.precision(record) == "fp32"
